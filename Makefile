@@ -1,0 +1,47 @@
+# Everything a reader or maintainer runs. The two commands a new user needs are
+#   make book   (build the site into _build/html)   and   make test   (unit tests + strict nbval).
+# Both create .venv and install the pinned requirements on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: book test lab refresh screenshot bench clean setup
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps -e .
+	@# METEOR (pycocoevalcap) runs a Java program; install a JRE when we can, else METEOR is skipped with a note.
+	@command -v java >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get update -qq && apt-get install -y -qq default-jre-headless >/dev/null) ; } || \
+	  echo "note: no Java found; METEOR will be skipped (the other metrics still run)"
+	@touch $(STAMP)
+
+book: $(STAMP)
+	$(BIN)/jupyter-book build . -W -n --keep-going
+
+test: $(STAMP)
+	$(BIN)/pytest
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab chapters/
+
+# Maintainers: re-execute chapters and store their outputs and widget state (nbclient).
+# make refresh            -> every chapter;   make refresh NB=chapters/01_multitask_conflict.ipynb
+NB ?= chapters/*.ipynb
+refresh: $(STAMP)
+	$(BIN)/python tools/refresh_notebooks.py $(NB)
+
+# Maintainers: open the built site in headless Chromium and save screenshots under _build/screenshots.
+screenshot:
+	$(BIN)/python tools/screenshot.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_optim.py
+
+clean:
+	rm -rf _build
