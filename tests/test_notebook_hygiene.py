@@ -99,3 +99,16 @@ class TestChapter:
         if views:
             state = nb["metadata"].get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {})
             assert state.get("state"), "widget outputs without stored state render as nothing on the site"
+
+    def test_every_interactive_figure_has_a_kernel_free_form(self, path):
+        """Widgets on the static site cannot call Python: each needs a precomputed sweep
+        (a to_jshtml animation) or small multiples (a cell tagged `static-form`)."""
+        nb = json.loads(path.read_text(encoding="utf-8"))
+        interactive = sum(
+            any("application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in c["outputs"])
+            for c in _code_cells(nb))
+        static = sum(
+            "static-form" in _tags(c) or any('class="animation"' in "".join(o.get("data", {}).get("text/html", ""))
+                                               for o in c["outputs"])
+            for c in _code_cells(nb))
+        assert static >= interactive, f"{interactive} interactive figures but {static} kernel-free forms"
