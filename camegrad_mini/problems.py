@@ -79,7 +79,8 @@ class QuadraticPair(Problem):
         D = np.diag([ratio, 1.0])
         R = rotation(angle)
         A1 = R @ D @ R.T
-        return cls(A0=((1.0, 0.0), (0.0, float(ratio))), A1=tuple(map(tuple, A1.tolist())))
+        return cls(A0=((1.0, 0.0), (0.0, float(ratio))), A1=tuple(map(tuple, A1.tolist())),
+                   name=f"ill-conditioned pair (ratio {ratio:g})")
 
     @property
     def centers(self) -> Array:

@@ -70,6 +70,9 @@ def prepare_site(site: Path, workdir: Path) -> Path:
         text = page.read_text(encoding="utf-8")
         for pattern, local in REWRITES:
             text = pattern.sub(local, text)
+        # Subresource-integrity hashes name the CDN's exact bytes (e.g. a minified require.js);
+        # the local copies differ byte-wise, so drop the hashes on the rewritten tags.
+        text = re.sub(r'integrity="[^"]*"(?=[^>]*src="/_vendor/)', "", text)
         page.write_text(text, encoding="utf-8")
     return copy
 
@@ -103,6 +106,9 @@ def check_page(url: str, png: Path, profile: Path) -> list[str]:
         problems.append("no typeset math (MathJax did not run)")
     if n_img == 0:
         problems.append("no figures")
+    n_widget_views = dom.count("application/vnd.jupyter.widget-view+json")
+    if n_widget_views and dom.count("widget-slider") + dom.count("widget-dropdown") == 0:
+        problems.append(f"{n_widget_views} widget views but no widget rendered")
     if "colab.research.google.com" not in dom:
         problems.append("no Colab launch button")
     chromium(["--window-size=1280,2400", f"--screenshot={png}", url], profile)
