@@ -112,3 +112,12 @@ class TestChapter:
                                                for o in c["outputs"])
             for c in _code_cells(nb))
         assert static >= interactive, f"{interactive} interactive figures but {static} kernel-free forms"
+
+
+def test_package_names_the_same_repository_as_the_book():
+    """Colab readers fetch sample data from the repository the package names; it must be the
+    repository _config.yml names (the package cannot read _config.yml inside Colab)."""
+    from camegrad_mini.rrg import paths
+    from chapter_cells import repository_url
+
+    assert paths.REPOSITORY_URL.rstrip("/") == repository_url()

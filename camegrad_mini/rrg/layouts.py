@@ -1,0 +1,485 @@
+"""Readers for the three IU X-Ray layouts people have, and converters into R2Gen's layout.
+
+Layout 1, **R2Gen** (zhjohnchan/R2Gen; the split most papers use: 2,069 / 296 / 590 studies)::
+
+    annotation.json        {"train"|"val"|"test": [{id, report, image_path: [<id>/0.png, <id>/1.png], split}]}
+    images/<id>/0.png, images/<id>/1.png
+
+Layout 2, **raw Open-i** (openi.nlm.nih.gov, the official archives)::
+
+    NLMCXR_reports.tgz     ecgen-radiology/<uid>.xml: FINDINGS, IMPRESSION, MeSH, parentImage ids
+    NLMCXR_png.tgz         CXR<uid>_IM-<nnnn>-<mmmm>.png  (or the same PNGs already extracted)
+
+Layout 3, **tabular export** (the widely copied Kaggle-style CSVs)::
+
+    indiana_reports.csv      uid, MeSH, Problems, image, indication, comparison, findings, impression
+    indiana_projections.csv  uid, filename (<uid>_IM-<nnnn>-<mmmm>.dcm.png), projection (Frontal|Lateral)
+    images_normalized/<filename>
+
+``convert_openi`` and ``convert_tabular`` write layout 1. They keep R2Gen's selection (a
+non-empty FINDINGS section and at least two images) and R2Gen's study ids (``CXR<uid>_IM-<nnnn>``,
+the first image id without its last ``-<mmmm>``). The split is R2Gen's whenever a study's uid is
+in an R2Gen ``annotation.json`` (by default the shipped one); other studies get a seeded
+70/10/20 split (:func:`seeded_split`), recorded in ``prepare_info.json``. Image bytes are copied
+unchanged (CC BY-NC-ND: no derivatives), view 0 is the first image of the report (Open-i order;
+for the tabular export the frontal view), view 1 the second (the lateral one).
+
+Bad input is collected in a :class:`Problems` report by id and kind; in strict mode the first
+summary raises :class:`~camegrad_mini.rrg.paths.DataError`. Output folders are built under a
+temporary name and moved into place with ``os.replace``, so an interrupted or failed run leaves
+nothing half-written.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import tarfile
+import xml.etree.ElementTree as ET
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .paths import DOWNLOAD_CMD, DataError, DataNotFoundError, data_samples_dir
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SPLITS = ("train", "val", "test")
+
+PROBLEM_KINDS = {
+    "malformed_xml": "malformed XML reports",
+    "no_findings": "reports without a FINDINGS section (R2Gen leaves them out)",
+    "too_few_images": "studies with fewer than two images (R2Gen leaves them out)",
+    "no_images": "studies without image files",
+    "missing_image": "annotation ids without an image file",
+    "unreadable_image": "unreadable images",
+    "bad_row": "malformed CSV rows",
+}
+
+
+class Problems:
+    """Bad input found while reading, by kind and id; ``summary()`` gives counts and examples."""
+
+    def __init__(self) -> None:
+        self.items: dict[str, list[str]] = defaultdict(list)
+
+    def add(self, kind: str, ident: str) -> None:
+        if kind not in PROBLEM_KINDS:
+            raise ValueError(f"kind must be one of {sorted(PROBLEM_KINDS)}, got {kind!r}")
+        self.items[kind].append(ident)
+
+    def count(self, kind: str | None = None) -> int:
+        return sum(len(v) for k, v in self.items.items() if kind is None or k == kind)
+
+    def __bool__(self) -> bool:
+        return self.count() > 0
+
+    def summary(self, max_ids: int = 5) -> str:
+        if not self:
+            return "no problems found"
+        lines = []
+        for kind, ids in self.items.items():
+            shown = ", ".join(ids[:max_ids]) + (f", ... (+{len(ids) - max_ids})" if len(ids) > max_ids else "")
+            lines.append(f"{len(ids)} {PROBLEM_KINDS[kind]}: {shown}")
+        return "; ".join(lines)
+
+    def check(self, strict: bool, kinds: Iterable[str] | None = None, context: str = "") -> None:
+        """In strict mode raise ``DataError`` if any problem of ``kinds`` (default: all) was found."""
+        kinds = set(kinds) if kinds is not None else set(self.items)
+        bad = {k: v for k, v in self.items.items() if k in kinds and v}
+        if strict and bad:
+            sub = Problems()
+            sub.items.update(bad)
+            raise DataError(f"{context}: {sub.summary()} (strict mode; use strict=False to skip them)")
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {k: list(v) for k, v in self.items.items()}
+
+
+@dataclass
+class OpenIReport:
+    """One Open-i report: uid ``CXR<n>``, its sections, manual MeSH terms and image ids."""
+
+    uid: str
+    findings: str
+    impression: str
+    mesh_major: list[str] = field(default_factory=list)
+    image_ids: list[str] = field(default_factory=list)
+
+    @property
+    def study_id(self) -> str | None:
+        return study_id_from_image_id(self.image_ids[0]) if self.image_ids else None
+
+
+def study_id_from_image_id(image_id: str) -> str:
+    """``CXR2_IM-0652-1001`` -> ``CXR2_IM-0652`` (R2Gen's study id)."""
+    if "-" not in image_id:
+        raise ValueError(f"image_id must look like CXR<uid>_IM-<nnnn>-<mmmm>, got {image_id!r}")
+    return image_id.rsplit("-", 1)[0]
+
+
+def uid_of(study_or_image_id: str) -> str:
+    """``CXR2_IM-0652`` or ``CXR2_IM-0652-1001`` -> ``CXR2`` (the Open-i report uid)."""
+    return study_or_image_id.split("_", 1)[0]
+
+
+def parse_openi_xml(data: bytes) -> OpenIReport:
+    """Parse one ``ecgen-radiology/<uid>.xml``; raises ``xml.etree.ElementTree.ParseError``."""
+    root = ET.fromstring(data)
+    uid_el = root.find("uId")
+    if uid_el is None or not uid_el.get("id"):
+        raise ET.ParseError("no <uId id=...> element")
+    sections = {a.get("Label"): (a.text or "").strip() for a in root.iter("AbstractText")}
+    mesh = root.find("MeSH")
+    major = [m.text.strip() for m in mesh if m.tag == "major" and m.text] if mesh is not None else []
+    images = [p.get("id") for p in root.iter("parentImage") if p.get("id")]
+    return OpenIReport(uid_el.get("id"), sections.get("FINDINGS", ""), sections.get("IMPRESSION", ""),
+                       major, images)
+
+
+def _iter_report_files(path: Path, wanted: set[str] | None = None) -> Iterable[tuple[str, bytes]]:
+    if path.is_file():
+        try:
+            with tarfile.open(path, "r:*") as tar:
+                for m in tar:
+                    if m.isfile() and m.name.endswith(".xml") and (wanted is None or Path(m.name).stem in wanted):
+                        yield m.name, tar.extractfile(m).read()
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{path} is not a readable .tgz archive ({e}); fetch it again with "
+                            f"`{DOWNLOAD_CMD}`") from e
+    else:
+        for f in sorted(path.rglob("*.xml")):
+            yield str(f), f.read_bytes()
+
+
+def read_openi_reports(path: str | os.PathLike, problems: Problems | None = None,
+                       uids: set[str] | None = None) -> dict[str, OpenIReport]:
+    """All reports of ``NLMCXR_reports.tgz`` (or an extracted ``ecgen-radiology/`` folder), by uid.
+
+    Malformed XML files are recorded in ``problems`` (kind ``malformed_xml``, by file name) and
+    skipped. ``uids`` restricts parsing to those reports (the file name is ``<n>.xml``).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataNotFoundError(f"{path} does not exist; fetch the Open-i reports with `{DOWNLOAD_CMD}`")
+    problems = problems if problems is not None else Problems()
+    out: dict[str, OpenIReport] = {}
+    wanted = {u[3:] if u.startswith("CXR") else u for u in uids} if uids is not None else None
+    for name, data in _iter_report_files(path, wanted):
+        stem = Path(name).stem
+        if wanted is not None and stem not in wanted:
+            continue
+        try:
+            rep = parse_openi_xml(data)
+        except ET.ParseError:
+            problems.add("malformed_xml", Path(name).name)
+            continue
+        out[rep.uid] = rep
+    return out
+
+
+def seeded_split(ids: Iterable[str], seed: int = 0, fractions: tuple[float, float, float] = (0.7, 0.1, 0.2)
+                 ) -> dict[str, str]:
+    """Deterministic 70/10/20 split (R2Gen's random 7:1:2) for studies not in an R2Gen annotation:
+    ids are sorted, permuted with ``numpy.random.default_rng(seed)`` and cut at the fractions."""
+    if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
+        raise ValueError(f"fractions must be three non-negative numbers summing to 1, got {fractions}")
+    ids = sorted(set(ids))
+    perm = np.random.default_rng(seed).permutation(len(ids))
+    n_train = int(round(fractions[0] * len(ids)))
+    n_val = int(round(fractions[1] * len(ids)))
+    out = {}
+    for rank, i in enumerate(perm):
+        out[ids[i]] = "train" if rank < n_train else ("val" if rank < n_train + n_val else "test")
+    return out
+
+
+def load_r2gen_split(annotation: str | os.PathLike | None = "auto") -> dict[str, str]:
+    """uid -> split from an R2Gen ``annotation.json`` ("auto": the shipped one; None: none)."""
+    if annotation is None:
+        return {}
+    if annotation == "auto":
+        try:
+            annotation = data_samples_dir() / "annotation.json"
+        except DataNotFoundError:
+            return {}
+    ann = json.loads(Path(annotation).read_text(encoding="utf-8"))
+    return {uid_of(e["id"]): split for split in SPLITS for e in ann.get(split, [])}
+
+
+def read_r2gen(root: str | os.PathLike, problems: Problems | None = None,
+               check_images: bool = True) -> dict[str, list[dict]]:
+    """Layout 1: ``annotation.json`` by split; entries whose image files are missing are dropped
+    and recorded (kind ``missing_image``, by study id) when ``check_images``."""
+    root = Path(root)
+    ann_path = root / "annotation.json"
+    if not ann_path.is_file():
+        raise DataNotFoundError(
+            f"{ann_path} not found. Prepare an R2Gen-layout folder with "
+            f"`python -m camegrad_mini.rrg.prepare --layout openi --src <raw> --out {root}` "
+            f"(raw archives: `{DOWNLOAD_CMD}`).")
+    try:
+        ann = json.loads(ann_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{ann_path} is not valid JSON: {e}") from e
+    if not isinstance(ann, dict) or not any(k in ann for k in SPLITS):
+        raise DataError(f"{ann_path} must be an object with keys {SPLITS}")
+    problems = problems if problems is not None else Problems()
+    out: dict[str, list[dict]] = {}
+    for split in SPLITS:
+        keep = []
+        for e in ann.get(split, []):
+            if check_images and not all((root / "images" / p).is_file() for p in e["image_path"]):
+                problems.add("missing_image", e["id"])
+                continue
+            keep.append(e)
+        out[split] = keep
+    return out
+
+
+def is_readable_png(data: bytes) -> bool:
+    """PNG signature check, plus a full decode check when Pillow is installed."""
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    try:
+        from PIL import Image
+    except ImportError:  # the GPU machine may lack Pillow; the signature check must do
+        return True
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            im.load()
+        return True
+    except Exception:  # Pillow raises many types for truncated or corrupt files
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# writing layout 1 atomically
+# --------------------------------------------------------------------------------------------
+@dataclass
+class PrepareResult:
+    out: Path
+    counts: dict[str, int]
+    problems: Problems
+    split_source: dict[str, int]
+
+    def summary(self) -> str:
+        c = ", ".join(f"{k} {v}" for k, v in self.counts.items())
+        src = ", ".join(f"{v} from {k}" for k, v in self.split_source.items())
+        return f"wrote {self.out}: {c} studies (split: {src}); skipped: {self.problems.summary()}"
+
+
+def _write_r2gen(out: Path, studies: list[tuple[str, str, str, list[Callable[[], bytes]]]],
+                 info: dict, overwrite: bool) -> None:
+    """Write layout 1 from ``(study_id, report, split, [view byte getters])`` atomically."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"out={str(out)!r} exists and is not empty; pass --overwrite to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        ann: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        for sid, report, split, getters in studies:
+            d = tmp / "images" / sid
+            d.mkdir(parents=True)
+            paths = []
+            for n, get in enumerate(getters):
+                (d / f"{n}.png").write_bytes(get())
+                paths.append(f"{sid}/{n}.png")
+            ann[split].append({"id": sid, "report": report, "image_path": paths, "split": split})
+        (tmp / "annotation.json").write_text(json.dumps(ann), encoding="utf-8")
+        (tmp / "prepare_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+        if out.exists():
+            old = out.parent / f".{out.name}.old-{os.getpid()}"
+            os.replace(out, old)
+            os.replace(tmp, out)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _assign_splits(uids: list[str], r2gen: dict[str, str], seed: int) -> tuple[dict[str, str], dict[str, int]]:
+    known = {u: r2gen[u] for u in uids if u in r2gen}
+    rest = seeded_split([u for u in uids if u not in r2gen], seed=seed)
+    source = {"R2Gen annotation.json": len(known), f"seeded 70/10/20 split (seed {seed})": len(rest)}
+    return {**known, **rest}, {k: v for k, v in source.items() if v}
+
+
+def _png_index(src: Path, wanted: set[str], staging: Path) -> dict[str, Path]:
+    """Image id -> file, for the ``wanted`` ids. From ``NLMCXR_png.tgz`` the wanted members are
+    extracted in one sequential pass into ``staging`` (random access into a gzip stream would
+    decompress it again for every image); otherwise PNG files anywhere below ``src`` are used."""
+    tgz = src / "NLMCXR_png.tgz"
+    if tgz.is_file():
+        staging.mkdir(parents=True, exist_ok=True)
+        index = {}
+        try:
+            with tarfile.open(tgz, "r:*") as tar:
+                for m in tar:
+                    stem = Path(m.name).name[:-4]
+                    if m.isfile() and m.name.endswith(".png") and stem in wanted:
+                        dest = staging / Path(m.name).name
+                        dest.write_bytes(tar.extractfile(m).read())
+                        index[stem] = dest
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise DataError(f"{tgz} is not a readable .tgz archive ({e}); fetch it again with "
+                            f"`python -m camegrad_mini.rrg.download --out {src}`") from e
+        return index
+    return {f.name[:-4]: f for f in src.rglob("*.png") if f.name[:-4] in wanted}
+
+
+def convert_openi(src: str | os.PathLike, out: str | os.PathLike, *, annotation: str | os.PathLike | None = "auto",
+                  seed: int = 0, strict: bool = False, overwrite: bool = False) -> PrepareResult:
+    """Layout 2 -> layout 1 (module docstring). ``src`` holds ``NLMCXR_reports.tgz`` (or
+    ``ecgen-radiology/``) and ``NLMCXR_png.tgz`` (or extracted PNGs anywhere below it)."""
+    src = Path(src)
+    reports_path = src / "NLMCXR_reports.tgz"
+    if not reports_path.is_file():
+        reports_path = src / "ecgen-radiology"
+    if not src.is_dir() or not reports_path.exists():
+        raise DataNotFoundError(
+            f"src={str(src)!r} has no NLMCXR_reports.tgz (or ecgen-radiology/); fetch the Open-i "
+            f"archives with `python -m camegrad_mini.rrg.download --out {src}`")
+    problems = Problems()
+    reports = read_openi_reports(reports_path, problems)
+    wanted = {i for r in reports.values() for i in r.image_ids[:2]}
+    staging = Path(out).parent / f".{Path(out).name}.png-staging-{os.getpid()}"
+    try:
+        index = _png_index(src, wanted, staging)
+        if not index:
+            raise DataNotFoundError(
+                f"no PNG images (NLMCXR_png.tgz or *.png) under {src}; fetch them with "
+                f"`python -m camegrad_mini.rrg.download --out {src}`")
+        selected = []
+        for uid in sorted(reports, key=lambda u: int(u[3:]) if u[3:].isdigit() else 0):
+            rep = reports[uid]
+            if not rep.findings:
+                problems.add("no_findings", uid)
+                continue
+            if len(rep.image_ids) < 2:
+                problems.add("too_few_images", uid)
+                continue
+            views = rep.image_ids[:2]
+            if not all(v in index for v in views):
+                problems.add("no_images", rep.study_id)
+                continue
+            bad = [v for v in views if not is_readable_png(index[v].read_bytes())]
+            if bad:
+                for v in bad:
+                    problems.add("unreadable_image", v)
+                continue
+            selected.append((uid, rep, [index[v] for v in views]))
+        problems.check(strict, kinds=("malformed_xml", "no_images", "unreadable_image"),
+                       context=f"converting {src}")
+        splits, source = _assign_splits([u for u, _, _ in selected], load_r2gen_split(annotation), seed)
+        studies = [(rep.study_id, rep.findings, splits[uid], [f.read_bytes for f in files])
+                   for uid, rep, files in selected]
+        info = {"layout": "openi", "seed": seed, "split_source": source, "skipped": problems.to_dict()}
+        _write_r2gen(Path(out), studies, info, overwrite)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    counts = {s: sum(1 for st in studies if st[2] == s) for s in SPLITS}
+    return PrepareResult(Path(out), counts, problems, source)
+
+
+def convert_tabular(src: str | os.PathLike, out: str | os.PathLike, *, annotation: str | os.PathLike | None = "auto",
+                    seed: int = 0, strict: bool = False, overwrite: bool = False) -> PrepareResult:
+    """Layout 3 -> layout 1. Study ids are rebuilt as ``CXR<uid>_IM-<nnnn>`` from the file names;
+    view 0 is the first frontal image, view 1 the first lateral one (else the next image)."""
+    src = Path(src)
+    rep_csv, proj_csv, img_dir = src / "indiana_reports.csv", src / "indiana_projections.csv", src / "images_normalized"
+    missing = [p.name for p in (rep_csv, proj_csv, img_dir) if not p.exists()]
+    if missing:
+        raise DataNotFoundError(
+            f"src={str(src)!r} lacks {', '.join(missing)} (the tabular export). Use "
+            f"`python -m camegrad_mini.rrg.download --out <raw>` and `--layout openi` instead if you "
+            f"do not have the CSV export.")
+    problems = Problems()
+    findings: dict[str, str] = {}
+    with rep_csv.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                findings[f"CXR{int(row['uid'])}"] = (row.get("findings") or "").strip()
+            except (KeyError, ValueError, TypeError):
+                problems.add("bad_row", f"indiana_reports.csv:{row.get('uid')!r}")
+    views: dict[str, list[tuple[int, str]]] = defaultdict(list)
+    with proj_csv.open(newline="", encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            try:
+                uid = f"CXR{int(row['uid'])}"
+                rank = 0 if row["projection"].strip().lower() == "frontal" else 1
+                views[uid].append((rank, row["filename"].strip()))
+            except (KeyError, ValueError, TypeError, AttributeError):
+                problems.add("bad_row", f"indiana_projections.csv:{row.get('uid')!r}")
+    selected = []
+    for uid in sorted(findings, key=lambda u: int(u[3:])):
+        if not findings[uid]:
+            problems.add("no_findings", uid)
+            continue
+        files = sorted(views.get(uid, []))
+        if len(files) < 2:
+            problems.add("too_few_images", uid)
+            continue
+        frontal = [f for r, f in files if r == 0]
+        lateral = [f for r, f in files if r == 1]
+        chosen = [frontal[0], lateral[0]] if frontal and lateral else [f for _, f in files[:2]]
+        sid = study_id_from_image_id("CXR" + chosen[0].split(".")[0])
+        paths = [img_dir / c for c in chosen]
+        if not all(p.is_file() for p in paths):
+            problems.add("no_images", sid)
+            continue
+        bad = [c for c, p in zip(chosen, paths) if not is_readable_png(p.read_bytes())]
+        if bad:
+            for c in bad:
+                problems.add("unreadable_image", c)
+            continue
+        selected.append((uid, sid, findings[uid], paths))
+    problems.check(strict, kinds=("bad_row", "no_images", "unreadable_image"), context=f"converting {src}")
+    splits, source = _assign_splits([u for u, *_ in selected], load_r2gen_split(annotation), seed)
+    studies = [(sid, rep, splits[uid], [p.read_bytes for p in paths]) for uid, sid, rep, paths in selected]
+    info = {"layout": "tabular", "seed": seed, "split_source": source, "skipped": problems.to_dict()}
+    _write_r2gen(Path(out), studies, info, overwrite)
+    counts = {s: sum(1 for st in studies if st[2] == s) for s in SPLITS}
+    return PrepareResult(Path(out), counts, problems, source)
+
+
+def copy_r2gen(src: str | os.PathLike, out: str | os.PathLike, *, strict: bool = False,
+               overwrite: bool = False) -> PrepareResult:
+    """Layout 1 -> layout 1: validate an R2Gen folder (missing or unreadable images reported by
+    id) and write a clean copy with only the complete studies."""
+    src = Path(src)
+    problems = Problems()
+    ann = read_r2gen(src, problems)
+    studies = []
+    for split in SPLITS:
+        for e in ann[split]:
+            paths = [src / "images" / p for p in e["image_path"]]
+            if not all(is_readable_png(p.read_bytes()) for p in paths):
+                problems.add("unreadable_image", e["id"])
+                continue
+            studies.append((e["id"], e["report"], split, [p.read_bytes for p in paths]))
+    problems.check(strict, context=f"checking {src}")
+    info = {"layout": "r2gen", "split_source": {"R2Gen annotation.json": len(studies)},
+            "skipped": problems.to_dict()}
+    _write_r2gen(Path(out), studies, info, overwrite)
+    counts = {s: sum(1 for st in studies if st[2] == s) for s in SPLITS}
+    return PrepareResult(Path(out), counts, problems, info["split_source"])
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,200 @@
+"""Text metrics (pycocoevalcap) and clinical efficacy (rule labeler) with the always-normal floor.
+
+Text: BLEU-1..4, METEOR, ROUGE-L and CIDEr from pycocoevalcap 1.2, the package R2Gen, CMN and
+PromptMRG use, on whitespace tokens without the PTB tokenizer (R2Gen's convention). METEOR
+runs a Java program: when ``java`` is not on the PATH it is skipped and the result says so in
+``notes`` instead of crashing. As in R2Gen, references should be the *decoded* cleaned reports
+(truncated, ``<unk>``-mapped: :func:`r2gen_references`), identical for every compared method.
+
+Clinical efficacy ("rule-labeler CE", not CheXbert CE): the labeler of
+:mod:`~camegrad_mini.rrg.labeler` is applied to references and generations alike; positive or
+uncertain counts as positive (the CAME-Grad trainer's definition). Reported:
+
+* macro precision / recall / F1 over the 14 observations (the paper's CE; per-label values with
+  0 where undefined, as sklearn's ``zero_division=0``), and over the 13 abnormal ones;
+* example-based P / R / F1 (PromptMRG): per report, then averaged; a report whose two label
+  sets are both empty scores 0;
+* micro P / R / F1 over all (report, observation) pairs.
+
+An always-normal report is the floor every model must be shown against: on IU X-Ray about 60 %
+of findings are normal, so a constant normal report scores well on example-F1 and BLEU.
+"""
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from collections.abc import Sequence
+
+import numpy as np
+
+from .labeler import CHEXPERT_OBSERVATIONS, NEGATIVE, POSITIVE, UNCERTAIN, label_reports, labels_to_binary
+
+# The always-normal report: what `pick_normal_report` returns on R2Gen's training split (a test
+# checks this), so that a floor computed without the training reports is the same floor.
+NORMAL_REPORT = ("the heart is normal in size and contour . there is no mediastinal widening . "
+                 "the lungs are clear bilaterally . no large pleural effusion or pneumothorax . "
+                 "the xxxx are intact .")
+
+
+def java_available() -> bool:
+    return shutil.which("java") is not None
+
+
+def text_metrics(refs: Sequence[str], hyps: Sequence[str], *, meteor: bool = True) -> dict:
+    """Corpus BLEU-1..4, METEOR, ROUGE-L, CIDEr of ``hyps`` against one reference each.
+
+    Returns a dict with those keys (METEOR may be None) and ``notes`` (list of str).
+    """
+    if isinstance(refs, str) or isinstance(hyps, str):
+        raise ValueError("refs and hyps must be sequences of strings, not single strings")
+    if len(refs) != len(hyps):
+        raise ValueError(f"refs ({len(refs)}) and hyps ({len(hyps)}) must have the same length")
+    if not refs:
+        raise ValueError("refs must not be empty")
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    # an empty generation would crash some scorers; a lone "." scores (almost) zero as it should
+    gts = {i: [r if r.strip() else "."] for i, r in enumerate(refs)}
+    res = {i: [h if h.strip() else "."] for i, h in enumerate(hyps)}
+    out: dict = {"notes": []}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    for n in range(4):
+        out[f"BLEU_{n + 1}"] = float(bleu[n])
+    out["METEOR"] = None
+    if not meteor:
+        out["notes"].append("METEOR skipped (meteor=False)")
+    elif not java_available():
+        out["notes"].append("METEOR skipped: no `java` on the PATH (install a JRE, e.g. "
+                            "`apt-get install default-jre-headless`); the other metrics are unaffected")
+    else:
+        from pycocoevalcap.meteor.meteor import Meteor
+
+        scorer = Meteor()
+        try:
+            out["METEOR"] = float(scorer.compute_score(gts, res)[0])
+        finally:
+            _close_meteor(scorer)
+    out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
+    out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
+    return out
+
+
+def _close_meteor(scorer) -> None:
+    """Stop the METEOR Java process now (pycocoevalcap 1.2 only does it in ``__del__``)."""
+    proc = getattr(scorer, "meteor_p", None)
+    if proc is None:
+        return
+    with scorer.lock:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            try:
+                stream.close()
+            except (OSError, AttributeError):
+                pass
+        proc.kill()
+        proc.wait()
+    # meteor_p stays set: pycocoevalcap's __del__ closes and kills it again, which is harmless
+
+
+def _as_binary(x) -> np.ndarray:
+    """Reports -> labeler; int codes (0 blank, 1 pos, 2 neg, 3 unc) or 0/1 floats -> binary."""
+    if len(x) and isinstance(x[0], str):
+        return labels_to_binary(label_reports(list(x)))
+    a = np.asarray(x)
+    if a.ndim != 2 or a.shape[1] != len(CHEXPERT_OBSERVATIONS):
+        raise ValueError(f"labels must have shape [N, 14], got {a.shape}")
+    if a.dtype.kind in "iu":
+        if not np.isin(a, (0, POSITIVE, NEGATIVE, UNCERTAIN)).all():
+            raise ValueError("integer labels must be labeler codes 0/1/2/3")
+        return labels_to_binary(a)
+    if not np.isin(a, (0.0, 1.0)).all():
+        raise ValueError("float labels must be 0/1 (positive-or-uncertain)")
+    return a.astype(np.float32)
+
+
+def _prf(tp, fp, fn):
+    p = np.divide(tp, tp + fp, out=np.zeros_like(tp, dtype=float), where=(tp + fp) > 0)
+    r = np.divide(tp, tp + fn, out=np.zeros_like(tp, dtype=float), where=(tp + fn) > 0)
+    f = np.divide(2 * p * r, p + r, out=np.zeros_like(p), where=(p + r) > 0)
+    return p, r, f
+
+
+def clinical_efficacy(refs, hyps) -> dict:
+    """Rule-labeler CE of ``hyps`` against ``refs`` (reports, or label arrays; module docstring)."""
+    y = _as_binary(refs)
+    yh = _as_binary(hyps)
+    if y.shape != yh.shape:
+        raise ValueError(f"refs and hyps must describe the same studies: {y.shape} vs {yh.shape}")
+    tp = (y * yh).sum(0)
+    fp = ((1 - y) * yh).sum(0)
+    fn = (y * (1 - yh)).sum(0)
+    p, r, f = _prf(tp, fp, fn)
+    mp, mr, mf = _prf(np.array([tp.sum()]), np.array([fp.sum()]), np.array([fn.sum()]))
+    inter = (y * yh).sum(1)
+    npred, ntrue = yh.sum(1), y.sum(1)
+    ex_p = np.divide(inter, npred, out=np.zeros_like(inter), where=npred > 0)
+    ex_r = np.divide(inter, ntrue, out=np.zeros_like(inter), where=ntrue > 0)
+    ex_f = np.divide(2 * inter, npred + ntrue, out=np.zeros_like(inter), where=(npred + ntrue) > 0)
+    return {
+        "precision_macro": float(p.mean()), "recall_macro": float(r.mean()), "f1_macro": float(f.mean()),
+        "f1_macro_13": float(f[1:].mean()),
+        "precision_example": float(ex_p.mean()), "recall_example": float(ex_r.mean()),
+        "f1_example": float(ex_f.mean()),
+        "precision_micro": float(mp[0]), "recall_micro": float(mr[0]), "f1_micro": float(mf[0]),
+        "per_label": {o: {"precision": float(p[j]), "recall": float(r[j]), "f1": float(f[j]),
+                          "support": int(y[:, j].sum())} for j, o in enumerate(CHEXPERT_OBSERVATIONS)},
+        "n": int(len(y)),
+    }
+
+
+def r2gen_references(tokenizer, reports: Sequence[str]) -> list[str]:
+    """R2Gen's references: cleaned reports after ``encode`` and ``decode`` (truncated, ``<unk>``)."""
+    return [tokenizer.decode(tokenizer.encode(r)) for r in reports]
+
+
+def _corpus_bleu4(refs: Sequence[str], hyp: str) -> float:
+    """Fast corpus BLEU-4 of one constant hypothesis (used only to *choose* the normal report)."""
+    h = hyp.split()
+    num = np.zeros(4)
+    den = np.zeros(4)
+    ref_len = 0
+    for r in refs:
+        rw = r.split()
+        ref_len += len(rw)
+        for n in range(1, 5):
+            hc = Counter(tuple(h[i:i + n]) for i in range(len(h) - n + 1))
+            rc = Counter(tuple(rw[i:i + n]) for i in range(len(rw) - n + 1))
+            num[n - 1] += sum(min(c, rc[g]) for g, c in hc.items())
+            den[n - 1] += max(len(h) - n + 1, 0)
+    if (num == 0).any():
+        return 0.0
+    bp = min(1.0, np.exp(1 - ref_len / (len(h) * len(refs))))
+    return float(bp * np.exp(np.mean(np.log(num / den))))
+
+
+def pick_normal_report(train_reports: Sequence[str], k: int = 40, max_refs: int = 400) -> str:
+    """The always-normal report: among the ``k`` most frequent training reports that the labeler
+    calls No Finding, the one with the best BLEU-4 against (a fixed subsample of) the training
+    reports. Choosing on train only keeps the floor honest; see rrg-notes section 7."""
+    counts = Counter(train_reports)
+    normal = [r for r, _ in counts.most_common() if label_reports([r])[0, 0] == POSITIVE][:k]
+    if not normal:
+        raise ValueError("no training report is labelled No Finding")
+    step = max(1, len(train_reports) // max_refs)
+    refs = list(train_reports)[::step]
+    return max(normal, key=lambda c: (_corpus_bleu4(refs, c), c))
+
+
+def always_normal_floor(refs: Sequence[str], *, report: str | None = None,
+                        train_reports: Sequence[str] | None = None, meteor: bool = True) -> dict:
+    """Text metrics and CE of one constant normal report for every study in ``refs``.
+
+    The report is ``report`` if given, else :func:`pick_normal_report` on ``train_reports``, else
+    :data:`NORMAL_REPORT`.
+    """
+    if report is None:
+        report = pick_normal_report(train_reports) if train_reports is not None else NORMAL_REPORT
+    hyps = [report] * len(refs)
+    return {"report": report, "text": text_metrics(refs, hyps, meteor=meteor),
+            "ce": clinical_efficacy(list(refs), hyps)}
