@@ -1,0 +1,733 @@
+r"""Pure functions: task gradients (or their Gram matrix) in, a combined direction out.
+
+Nothing here touches autograd or an optimizer. Every method is written over the T x T Gram
+matrix :math:`G_{ij} = \langle g_i, g_j\rangle` of the **raw** per-task gradients
+:math:`g_i = \nabla L_i` plus the task weights :math:`\omega`, and returns **coefficients**
+:math:`c` such that the combined direction is :math:`d = \sum_i c_i g_i` (:func:`combine` forms
+it). Every direction used by these methods lies in the span of the task gradients (PCGrad's
+projections, CAGrad's ball centre and correction, MGDA's hull point), so the Gram matrix is all
+the numerics need: the per-step cost beyond the backward passes is T(T+1)/2 dot products and one
+weighted sum, whatever the model size.
+
+Equations follow ``came-grad-method.md`` (the book's method note):
+
+- linear scalarization (LS): :math:`g_\text{joint} = \sum_i \omega_i g_i`;
+- S1 (:func:`rectify`): :math:`\mu = \frac1T\sum_i g_i`,
+  :math:`u^* = \arg\max_u \min_i \langle g_i, u\rangle` s.t. :math:`\lVert u-\mu\rVert \le \rho\lVert\mu\rVert`,
+  solved through its dual
+  :math:`\alpha^* = \arg\min_{\alpha\in\Delta} g_\alpha^\top\mu + \rho\lVert\mu\rVert\lVert g_\alpha\rVert`,
+  :math:`u^* = \mu + \rho\lVert\mu\rVert\, g_{\alpha^*}/\lVert g_{\alpha^*}\rVert`;
+- S2 (:func:`inject`): :math:`u_\text{en} = u^*\,\kappa\lVert g_\text{joint}\rVert / (\lVert u^*\rVert + \varepsilon)`;
+- S3 (:func:`fuse`): :math:`g_\text{final} = (1-\nu)\,u_\text{en} + \nu\kappa\, g_\text{joint}`;
+- :func:`came_grad` composes the three.
+
+Baselines over the same interface: :func:`linear_scalarization`, :func:`pcgrad`, :func:`mgda`,
+:func:`cagrad`. The baselines act on the task-weighted gradients :math:`\omega_i g_i` (the losses
+as the trainer weights them) and, like the CAGrad repository, return directions at the scale of
+the **sum** of the task gradients (T times the mean-based direction), so that all methods step
+at a comparable size under SGD. Each returns an :class:`AggregationResult` with diagnostics.
+
+Numerics: float64 numpy; the Gram matrix is normalised by its largest diagonal entry before
+solving, so results do not depend on the gradient scale (tested from 1e-8 to 1e8); two tasks use
+closed forms, more tasks the small active-set solver of ``camegrad_mini.optim.simplex`` (pairwise
+Frank-Wolfe steps plus Newton steps on the current face).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from .simplex import min_norm_weights, solve_simplex_dual
+
+__all__ = [
+    "AggregationResult",
+    "RectifyResult",
+    "gram_matrix",
+    "combine",
+    "pairwise_cosines",
+    "conflict_indicator",
+    "linear_scalarization",
+    "pcgrad",
+    "mgda",
+    "cagrad",
+    "rectify",
+    "inject",
+    "fuse",
+    "came_grad",
+    "aggregate",
+    "validate_came_hyperparameters",
+]
+
+#: Relative threshold under which a norm counts as zero (relative to the largest task-gradient
+#: norm). A float32 Gram matrix cannot resolve cancellations much finer than about 1e-3 of the
+#: gradient norm; exact cancellations (g_1 = -g_2) are caught exactly.
+DEFAULT_ZERO_TOL = 1e-6
+
+Basis = Literal["raw", "weighted"]
+EpsMode = Literal["relative", "absolute"]
+
+
+# --------------------------------------------------------------------------------------------
+# result containers
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class RectifyResult:
+    """Output of stage S1 (:func:`rectify`), in coefficients over the gradients whose Gram was given.
+
+    Attributes:
+        mu: Coefficients of the ball centre, all equal to 1/T (the unweighted mean).
+        u_star: Coefficients of the rectified direction u*.
+        alpha: Dual solution alpha* on the simplex (uniform when the dual is not needed).
+        radius: The trust-region radius rho * ||mu||.
+        norms: ``{"mu", "g_alpha", "u_star"}``: Euclidean norms of mu, g_alpha* and u*.
+        degenerate: None, or the degenerate case hit: ``"zero_gradients"`` (all g_i = 0),
+            ``"mu_zero"`` (mu = 0: the ball is a point, u* = mu = 0) or ``"g_alpha_zero"``
+            (g_alpha* = 0 makes the closed form 0/0; u* = mu is used, see :func:`rectify`).
+        iterations: Solver iterations (0 for the closed forms).
+    """
+
+    mu: np.ndarray
+    u_star: np.ndarray
+    alpha: np.ndarray
+    radius: float
+    norms: dict[str, float]
+    degenerate: str | None
+    iterations: int
+
+
+@dataclass(frozen=True)
+class AggregationResult:
+    """What every aggregation function returns.
+
+    Attributes:
+        method: Name of the method (``"ls"``, ``"pcgrad"``, ``"mgda"``, ``"cagrad"``, ``"came"``).
+        coefficients: Shape (T,): the combined direction is ``sum_i coefficients[i] * g_i`` over
+            the **raw** (unweighted) task gradients g_i.
+        task_weights: The task weights omega used, shape (T,).
+        gram: The raw Gram matrix ``<g_i, g_j>``, shape (T, T).
+        cosines: Pairwise cosines of the raw gradients (0 where a gradient is zero).
+        conflict: True when some pair of task gradients has a negative inner product.
+        alpha: Dual solution on the simplex (CAME-Grad, CAGrad, MGDA), else None.
+        norms: Norms of the vectors involved. Always ``"g_joint"`` (the LS direction
+            ``sum_i omega_i g_i``) and ``"g_final"`` (the returned direction); CAME-Grad adds
+            ``"mu"``, ``"g_alpha"``, ``"u_star"``, ``"u_en"``.
+        degenerate: None, or a string naming the degenerate case hit.
+        extras: Method-specific details (stage coefficients, effective epsilon, iterations).
+    """
+
+    method: str
+    coefficients: np.ndarray
+    task_weights: np.ndarray
+    gram: np.ndarray
+    cosines: np.ndarray
+    conflict: bool
+    alpha: np.ndarray | None
+    norms: dict[str, float]
+    degenerate: str | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------
+# input handling and small helpers
+# --------------------------------------------------------------------------------------------
+def _as_gram(gram: Any) -> np.ndarray:
+    if isinstance(gram, torch.Tensor):
+        gram = gram.detach().to("cpu", torch.float64).numpy()
+    g = np.array(gram, dtype=np.float64)
+    if g.ndim != 2 or g.shape[0] != g.shape[1] or g.shape[0] == 0:
+        raise ValueError(f"gram must be a non-empty square (T, T) matrix, got shape {g.shape}")
+    if not np.isfinite(g).all():
+        raise ValueError("gram contains NaN or infinite entries")
+    return 0.5 * (g + g.T)
+
+
+def _as_weights(task_weights: Any, num_tasks: int) -> np.ndarray:
+    if task_weights is None:
+        return np.ones(num_tasks)
+    if isinstance(task_weights, torch.Tensor):
+        task_weights = task_weights.detach().cpu().tolist()
+    w = np.array(task_weights, dtype=np.float64).reshape(-1)
+    if w.shape[0] != num_tasks:
+        raise ValueError(f"task_weights has {w.shape[0]} entries but there are {num_tasks} tasks")
+    if not np.isfinite(w).all() or (w < 0).any():
+        raise ValueError(f"task_weights must be finite and non-negative, got {w.tolist()}")
+    return w
+
+
+def _real(name: str, value: Any) -> float:
+    """A finite real number as float, or ValueError naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite real number, got {value!r}")
+    return float(value)
+
+
+def _qnorm(gram: np.ndarray, coef: np.ndarray) -> float:
+    """Norm of sum_i coef_i g_i from the Gram matrix (clamped: rounding can make it -0)."""
+    return math.sqrt(max(float(coef @ gram @ coef), 0.0))
+
+
+def _scale(gram: np.ndarray) -> float:
+    """Largest task-gradient norm: the unit in which tolerances are relative."""
+    return math.sqrt(max(float(gram.diagonal().max()), 0.0))
+
+
+def _cosines(g: np.ndarray) -> np.ndarray:
+    norms = np.sqrt(np.maximum(np.diag(g), 0.0))
+    inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
+    return np.clip(g * np.outer(inv, inv), -1.0, 1.0)
+
+
+def _conflict(g: np.ndarray) -> bool:
+    return bool((np.triu(g, 1) < 0).any())
+
+
+def pairwise_cosines(gram: Any) -> np.ndarray:
+    """Cosine similarities ``G_ij / sqrt(G_ii G_jj)`` of the task gradients.
+
+    The paper's conflict statistic (53.8% of generation/clinical inner products negative, method
+    note, Setting) is the sign of the off-diagonal entries. A zero gradient has no direction;
+    its cosines are reported as 0 (orthogonal to everything) so the matrix stays finite.
+
+    Args:
+        gram: The (T, T) Gram matrix.
+
+    Returns:
+        The (T, T) cosine matrix, clipped to [-1, 1].
+    """
+    return _cosines(_as_gram(gram))
+
+
+def conflict_indicator(gram: Any) -> bool:
+    """True when two task gradients conflict, i.e. some ``<g_i, g_j> < 0`` with i != j.
+
+    This is the "Drift term deviation" condition of the method note. Task weights are positive,
+    so the sign is the same for raw and task-weighted gradients.
+
+    Args:
+        gram: The (T, T) Gram matrix.
+
+    Returns:
+        Whether any off-diagonal inner product is negative.
+    """
+    return _conflict(_as_gram(gram))
+
+
+def gram_matrix(grads: Any) -> np.ndarray:
+    """Gram matrix of task gradients, without concatenating parameter tensors.
+
+    Args:
+        grads: Either a (T, D) tensor or array (one flattened gradient per row), or a sequence of
+            T per-task sequences of tensors (one entry per parameter tensor; None means that task
+            does not reach the parameter and counts as a zero gradient). Dot products are taken
+            per parameter tensor and summed, in float32 for low-precision gradients and returned
+            in float64.
+
+    Returns:
+        The (T, T) float64 Gram matrix.
+    """
+    if isinstance(grads, np.ndarray):
+        m = grads.astype(np.float64).reshape(grads.shape[0], -1)
+        return m @ m.T
+    if isinstance(grads, torch.Tensor):
+        m = grads.detach().reshape(grads.shape[0], -1)
+        if m.dtype not in (torch.float32, torch.float64):
+            m = m.float()
+        return (m @ m.T).to("cpu", torch.float64).numpy()
+    per_task = [list(task) for task in grads]
+    t_count = len(per_task)
+    n_params = len(per_task[0]) if t_count else 0
+    gram = np.zeros((t_count, t_count))
+    for k in range(n_params):
+        vecs = {}
+        for i in range(t_count):
+            g = per_task[i][k]
+            if g is not None:
+                g = g.detach().reshape(-1)
+                vecs[i] = g.float() if g.dtype not in (torch.float32, torch.float64) else g
+        idx = sorted(vecs)
+        for a, i in enumerate(idx):
+            for j in idx[a:]:
+                val = float(torch.dot(vecs[i], vecs[j]))
+                gram[i, j] += val
+                if i != j:
+                    gram[j, i] += val
+    return gram
+
+
+def combine(grads: Any, coefficients: Any) -> Any:
+    """Form the direction ``sum_i coefficients[i] * g_i``.
+
+    Args:
+        grads: A (T, D) tensor or array, or a sequence of T per-task sequences of tensors (None
+            entries are zero gradients), as accepted by :func:`gram_matrix`.
+        coefficients: Shape (T,), e.g. ``AggregationResult.coefficients``.
+
+    Returns:
+        A (D,) tensor/array for stacked input, or a list with one tensor (or None when no task
+        reaches the parameter) per parameter tensor.
+    """
+    c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
+    if isinstance(grads, np.ndarray):
+        return c @ grads.astype(np.float64).reshape(grads.shape[0], -1)
+    if isinstance(grads, torch.Tensor):
+        flat = grads.reshape(grads.shape[0], -1)
+        return torch.as_tensor(c, dtype=flat.dtype, device=flat.device) @ flat
+    per_task = [list(task) for task in grads]
+    out: list[torch.Tensor | None] = []
+    for k in range(len(per_task[0])):
+        acc = None
+        for i, task in enumerate(per_task):
+            g = task[k]
+            if g is None:
+                continue
+            acc = g * float(c[i]) if acc is None else acc.add(g, alpha=float(c[i]))
+        out.append(acc)
+    return out
+
+
+def _result(
+    method: str,
+    coef: np.ndarray,
+    weights: np.ndarray,
+    gram: np.ndarray,
+    alpha: np.ndarray | None,
+    degenerate: str | None,
+    norms: dict[str, float] | None = None,
+    extras: dict[str, Any] | None = None,
+) -> AggregationResult:
+    all_norms = {"g_joint": _qnorm(gram, weights)}
+    all_norms.update(norms or {})
+    all_norms["g_final"] = _qnorm(gram, coef)
+    return AggregationResult(
+        method=method,
+        coefficients=coef,
+        task_weights=weights,
+        gram=gram,
+        cosines=_cosines(gram),
+        conflict=_conflict(gram),
+        alpha=alpha,
+        norms=all_norms,
+        degenerate=degenerate,
+        extras=extras or {},
+    )
+
+
+def _weighted_gram(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    return gram * np.outer(weights, weights)
+
+
+# --------------------------------------------------------------------------------------------
+# baselines
+# --------------------------------------------------------------------------------------------
+def linear_scalarization(gram: Any, task_weights: Any = None) -> AggregationResult:
+    """Linear scalarization: ``g_joint = sum_i omega_i g_i`` (method note, Setting).
+
+    This is what one backward pass of the weighted loss ``sum_i omega_i L_i`` produces; the
+    coefficients are the task weights themselves.
+
+    Args:
+        gram: Raw (T, T) Gram matrix.
+        task_weights: omega, shape (T,); None means all ones.
+
+    Returns:
+        An :class:`AggregationResult` with ``coefficients == task_weights``.
+    """
+    g = _as_gram(gram)
+    w = _as_weights(task_weights, g.shape[0])
+    return _result("ls", w.copy(), w, g, None, None)
+
+
+def pcgrad(
+    gram: Any,
+    task_weights: Any = None,
+    *,
+    rng: np.random.Generator | int | None = 0,
+) -> AggregationResult:
+    """PCGrad, gradient surgery (Yu et al., NeurIPS 2020), written over the Gram matrix.
+
+    On the task-weighted gradients h_i = omega_i g_i: for each task i, start from h_i and, for
+    every other task j in a random order, if the current vector conflicts with the original h_j
+    (negative inner product) remove its component along h_j. The result is the sum of the
+    projected vectors (the paper's "sum" reduction). For two tasks this is
+    ``h_0 - (<h_0,h_1>/||h_1||^2) h_1 + h_1 - (<h_0,h_1>/||h_0||^2) h_0`` under conflict and
+    ``h_0 + h_1`` otherwise; the random order only matters from three tasks on.
+
+    Args:
+        gram: Raw (T, T) Gram matrix.
+        task_weights: omega; None means all ones.
+        rng: A numpy Generator or an integer seed for the projection order (None: fresh entropy).
+
+    Returns:
+        An :class:`AggregationResult`.
+    """
+    g = _as_gram(gram)
+    w = _as_weights(task_weights, g.shape[0])
+    h = _weighted_gram(g, w)
+    t_count = g.shape[0]
+    gen = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
+    total = np.zeros(t_count)
+    n_projections = 0
+    for i in range(t_count):
+        c = np.zeros(t_count)
+        c[i] = 1.0
+        others = np.array([j for j in range(t_count) if j != i], dtype=int)
+        for j in gen.permutation(others) if others.size else []:
+            dot = float(c @ h[:, j])
+            if dot < 0.0 and h[j, j] > 0.0:
+                c[j] -= dot / h[j, j]
+                n_projections += 1
+        total += c
+    coef = total * w
+    return _result("pcgrad", coef, w, g, None, None, extras={"projections": n_projections})
+
+
+def mgda(gram: Any, task_weights: Any = None, *, zero_tol: float = DEFAULT_ZERO_TOL) -> AggregationResult:
+    """MGDA: the min-norm point of the convex hull of the task-weighted gradients.
+
+    alpha* = argmin over the simplex of ``||sum_i alpha_i omega_i g_i||`` (Sener and Koltun,
+    NeurIPS 2018; closed form for two tasks, Frank-Wolfe beyond). The direction is returned at
+    sum scale, ``T * sum_i alpha*_i omega_i g_i``, as the CAGrad repository writes it.
+    When the min-norm point is 0 the tasks are Pareto-stationary and the direction is 0
+    (``degenerate="pareto_stationary"``).
+
+    Args:
+        gram: Raw (T, T) Gram matrix.
+        task_weights: omega; None means all ones.
+        zero_tol: Relative tolerance for calling the min-norm point zero.
+
+    Returns:
+        An :class:`AggregationResult` whose ``alpha`` is the min-norm weights.
+    """
+    g = _as_gram(gram)
+    w = _as_weights(task_weights, g.shape[0])
+    h = _weighted_gram(g, w)
+    s = _scale(h)
+    t_count = g.shape[0]
+    if s == 0.0:
+        alpha = np.full(t_count, 1.0 / t_count)
+        return _result("mgda", np.zeros(t_count), w, g, alpha, "zero_gradients")
+    alpha = min_norm_weights(h / s**2)
+    degenerate = "pareto_stationary" if _qnorm(h, alpha) <= zero_tol * s else None
+    coef = t_count * alpha * w
+    return _result("mgda", coef, w, g, alpha, degenerate)
+
+
+# --------------------------------------------------------------------------------------------
+# CAME-Grad stages
+# --------------------------------------------------------------------------------------------
+def rectify(
+    gram: Any,
+    rho: float,
+    *,
+    zero_tol: float = DEFAULT_ZERO_TOL,
+    max_iter: int = 100,
+    tol: float = 1e-11,
+) -> RectifyResult:
+    """Stage S1, conflict-averse direction rectification (method note, step 2).
+
+    mu = (1/T) sum_i g_i (unweighted mean of the gradients whose Gram is given);
+    u* = argmax_u min_i <g_i, u> subject to ||u - mu|| <= rho ||mu||, through the dual
+    alpha* = argmin over the simplex of g_alpha^T mu + rho ||mu|| ||g_alpha||, and the closed form
+    u* = mu + rho ||mu|| g_alpha* / ||g_alpha*||. This is CAGrad's direction with c renamed rho
+    and without CAGrad's rescale. Which gradients enter (raw or task-weighted) is the caller's
+    choice: pass the matching Gram matrix (:func:`came_grad` does this for its ``rectify_on``).
+
+    Degenerate cases, an **[open]** point of the paper, resolved here as follows:
+
+    - all gradients zero: u* = 0, ``degenerate="zero_gradients"``;
+    - mu = 0 (for instance g_1 = -g_2): the ball has radius 0, so u* = mu = 0,
+      ``degenerate="mu_zero"``;
+    - g_alpha* = 0 with mu != 0: the closed form is 0/0 and the max-min value is 0; the
+      correction term is dropped and u* = mu, ``degenerate="g_alpha_zero"``.
+
+    Since rho < 1 keeps ||u*|| >= (1 - rho) ||mu|| > 0, u* vanishes only when mu does.
+
+    Args:
+        gram: (T, T) Gram matrix of the gradients to rectify.
+        rho: Trust-region radius factor, >= 0 (CAME-Grad requires rho < 1; CAGrad's c may exceed 1).
+        zero_tol: Relative tolerance (to the largest gradient norm) for calling a norm zero.
+        max_iter: Solver iteration cap (three or more tasks).
+        tol: Solver tolerance.
+
+    Returns:
+        A :class:`RectifyResult` (coefficients over the given gradients).
+    """
+    rho = _real("rho", rho)
+    if rho < 0:
+        raise ValueError(f"rho must be >= 0, got {rho}")
+    return _rectify(_as_gram(gram), rho, zero_tol, max_iter, tol)
+
+
+def _rectify(g: np.ndarray, rho: float, zero_tol: float, max_iter: int, tol: float) -> RectifyResult:
+    """:func:`rectify` on an already validated, symmetric float64 Gram matrix."""
+    t_count = g.shape[0]
+    m = np.full(t_count, 1.0 / t_count)
+    uniform = m.copy()
+    s = _scale(g)
+    if s == 0.0:
+        zero = {"mu": 0.0, "g_alpha": 0.0, "u_star": 0.0}
+        return RectifyResult(m, np.zeros(t_count), uniform, 0.0, zero, "zero_gradients", 0)
+    gn = g / s**2  # unit scale: the dual's minimiser is invariant to this
+    mu_norm_n = _qnorm(gn, m)
+    if mu_norm_n <= zero_tol:
+        # Treat mu as exactly 0 (u* = 0) so that S2 does not blow rounding noise up to full norm.
+        norms = {"mu": mu_norm_n * s, "g_alpha": float("nan"), "u_star": 0.0}
+        return RectifyResult(m, np.zeros(t_count), uniform, 0.0, norms, "mu_zero", 0)
+    r_n = rho * mu_norm_n
+    sol = solve_simplex_dual(gn, gn @ m, r_n, max_iter=max_iter, tol=tol)
+    alpha = sol.alpha
+    ga_norm_n = _qnorm(gn, alpha)
+    degenerate = None
+    if ga_norm_n <= zero_tol:
+        u = m.copy()
+        if rho > 0:
+            degenerate = "g_alpha_zero"
+    else:
+        u = m + (r_n / ga_norm_n) * alpha
+    norms = {"mu": mu_norm_n * s, "g_alpha": ga_norm_n * s, "u_star": _qnorm(gn, u) * s}
+    return RectifyResult(m, u, alpha, r_n * s, norms, degenerate, sol.iterations)
+
+
+def inject(u_star: Any, u_star_norm: float, g_joint_norm: float, kappa: float, eps: float) -> Any:
+    """Stage S2, magnitude-enhanced energy injection (method note, step 3).
+
+    u_en = u* * kappa ||g_joint|| / (||u*|| + eps): the rectified direction is given the
+    magnitude of the joint (LS) gradient, amplified by kappa. Works on a gradient vector or on
+    a coefficient vector alike (the map is linear in ``u_star``). When ``u_star_norm + eps`` is 0
+    (every gradient is zero and a relative epsilon vanished) the result is ``0 * u_star``.
+
+    Args:
+        u_star: The rectified direction (vector or coefficients).
+        u_star_norm: ||u*||.
+        g_joint_norm: ||g_joint|| = ||sum_i omega_i g_i||.
+        kappa: The amplification factor.
+        eps: The epsilon in the denominator (already scaled if relative; **[open]** in the paper).
+
+    Returns:
+        u_en, of the same type as ``u_star``.
+    """
+    denom = u_star_norm + eps
+    factor = kappa * g_joint_norm / denom if denom > 0 else 0.0
+    return u_star * factor
+
+
+def fuse(u_en: Any, g_joint: Any, kappa: float, nu: float) -> Any:
+    """Stage S3, "adaptive" gradient fusion (method note, step 4).
+
+    g_final = (1 - nu) u_en + nu * kappa * g_joint. In the paper nu is a fixed tuned constant
+    (values above 0.3 "bring conflicts back"), so nothing here adapts it. Linear, so it works on
+    vectors or coefficient vectors alike.
+
+    Args:
+        u_en: Output of :func:`inject`.
+        g_joint: The LS direction (vector, or coefficients = task weights).
+        kappa: The amplification factor.
+        nu: Fusion weight in [0, 1].
+
+    Returns:
+        g_final, of the same type as the inputs.
+    """
+    return (1.0 - nu) * u_en + (nu * kappa) * g_joint
+
+
+def validate_came_hyperparameters(
+    rho: float, kappa: float, nu: float, eps: float, *, allow_kappa_below_one: bool = False
+) -> None:
+    """Raise ValueError naming the argument unless rho in [0, 1), kappa >= 1, nu in [0, 1], eps >= 0.
+
+    The ranges are the paper's (method note, Defaults). kappa in (0, 1) is accepted only with
+    ``allow_kappa_below_one=True`` (useful to show that kappa is a global scale).
+    """
+    rho, kappa, nu, eps = (_real(n, v) for n, v in (("rho", rho), ("kappa", kappa), ("nu", nu), ("eps", eps)))
+    if not 0.0 <= rho < 1.0:
+        raise ValueError(f"rho must lie in [0, 1), got {rho}")
+    if allow_kappa_below_one:
+        if kappa <= 0.0:
+            raise ValueError(f"kappa must be > 0, got {kappa}")
+    elif kappa < 1.0:
+        raise ValueError(f"kappa must be >= 1 (pass allow_kappa_below_one=True to go lower), got {kappa}")
+    if not 0.0 <= nu <= 1.0:
+        raise ValueError(f"nu must lie in [0, 1], got {nu}")
+    if eps < 0.0:
+        raise ValueError(f"eps must be >= 0, got {eps}")
+
+
+def came_grad(
+    gram: Any,
+    task_weights: Any = None,
+    *,
+    rho: float = 0.5,
+    kappa: float = 1.5,
+    nu: float = 0.2,
+    eps: float = 1e-8,
+    eps_mode: EpsMode = "relative",
+    rectify_on: Basis = "raw",
+    allow_kappa_below_one: bool = False,
+    zero_tol: float = DEFAULT_ZERO_TOL,
+    max_iter: int = 100,
+    tol: float = 1e-11,
+) -> AggregationResult:
+    """CAME-Grad, the composed update S1 -> S2 -> S3 (method note, steps 2-4).
+
+    With g_joint = sum_i omega_i g_i: u* = :func:`rectify` (S1), u_en = :func:`inject` (S2),
+    g_final = :func:`fuse` (S3). Equivalently g_final = kappa [(1 - nu) ||g_joint|| u*/(||u*|| + eps)
+    + nu g_joint]: kappa is a global scale (tested), a learning-rate multiplier under SGD and
+    almost a no-op under Adam.
+
+    **[open]** choices made explicit here:
+
+    - ``rectify_on="raw"`` (default): S1 uses the raw gradients g_i = grad L_i, as the method
+      note writes mu = (1/(K+1)) sum_i g_i with g_i = grad L_i; the task weights then enter only
+      through g_joint (S2's target norm and S3's fused term). ``"weighted"`` rectifies the
+      task-weighted gradients omega_i g_i instead.
+    - ``eps_mode="relative"`` (default): S2's epsilon is ``eps`` times the largest gradient norm
+      in the rectified basis, so the update is positively homogeneous in the gradients (scale
+      free, GradScaler-safe); ``"absolute"`` uses ``eps`` as the paper's formula reads.
+    - Degenerate S1 cases follow :func:`rectify`; mu = 0 gives u_en = 0 and hence
+      g_final = nu kappa g_joint. A single task gives g_final = kappa omega_0 g_0.
+
+    Args:
+        gram: Raw (T, T) Gram matrix.
+        task_weights: omega; None means all ones.
+        rho: Trust-region factor in [0, 1) (paper default 0.5).
+        kappa: Energy amplification, >= 1 (paper default 1.5).
+        nu: Fusion weight in [0, 1] (paper default 0.2).
+        eps: S2's epsilon (see ``eps_mode``).
+        eps_mode: ``"relative"`` or ``"absolute"``.
+        rectify_on: ``"raw"`` or ``"weighted"`` gradients in S1.
+        allow_kappa_below_one: Permit 0 < kappa < 1.
+        zero_tol: Relative tolerance for degenerate norms.
+        max_iter: Solver iteration cap (three or more tasks).
+        tol: Solver tolerance.
+
+    Returns:
+        An :class:`AggregationResult`; ``extras`` holds the coefficient vectors ``mu``,
+        ``u_star``, ``u_en``, ``g_joint`` (all over the raw gradients), ``eps_effective``,
+        ``inject_factor`` and ``iterations``.
+    """
+    validate_came_hyperparameters(rho, kappa, nu, eps, allow_kappa_below_one=allow_kappa_below_one)
+    if rectify_on not in ("raw", "weighted"):
+        raise ValueError(f"rectify_on must be 'raw' or 'weighted', got {rectify_on!r}")
+    if eps_mode not in ("relative", "absolute"):
+        raise ValueError(f"eps_mode must be 'relative' or 'absolute', got {eps_mode!r}")
+    g = _as_gram(gram)
+    w = _as_weights(task_weights, g.shape[0])
+    t_count = g.shape[0]
+    basis = np.ones(t_count) if rectify_on == "raw" else w
+    gr = g if rectify_on == "raw" else _weighted_gram(g, basis)
+    rect = _rectify(gr, rho, zero_tol, max_iter, tol)
+    mu = rect.mu * basis  # raw-basis coefficients
+    u_star = rect.u_star * basis
+    g_joint = w
+    g_joint_norm = _qnorm(g, g_joint)
+    u_star_norm = rect.norms["u_star"]
+    eps_eff = eps * _scale(gr) if eps_mode == "relative" else eps
+    u_en = inject(u_star, u_star_norm, g_joint_norm, kappa, eps_eff)
+    coef = fuse(u_en, g_joint, kappa, nu)
+    degenerate = rect.degenerate
+    s = _scale(g)
+    if degenerate is None and g_joint_norm <= zero_tol * s and s > 0:
+        degenerate = "g_joint_zero"
+    if degenerate is None and t_count == 1:
+        degenerate = "single_task"
+    norms = {
+        "mu": rect.norms["mu"],
+        "g_alpha": rect.norms["g_alpha"],
+        "u_star": u_star_norm,
+        "u_en": _qnorm(g, u_en),
+    }
+    denom = u_star_norm + eps_eff
+    extras = {
+        "mu": mu,
+        "u_star": u_star,
+        "u_en": u_en,
+        "g_joint": g_joint.copy(),
+        "eps_effective": eps_eff,
+        "inject_factor": kappa * g_joint_norm / denom if denom > 0 else 0.0,
+        "radius": rect.radius,
+        "iterations": rect.iterations,
+        "rectify_on": rectify_on,
+    }
+    return _result("came", coef, w, g, rect.alpha, degenerate, norms, extras)
+
+
+def cagrad(
+    gram: Any,
+    task_weights: Any = None,
+    *,
+    c: float = 0.5,
+    rescale: int = 1,
+    zero_tol: float = DEFAULT_ZERO_TOL,
+    max_iter: int = 100,
+    tol: float = 1e-11,
+) -> AggregationResult:
+    """CAGrad, conflict-averse gradient descent (Liu et al., NeurIPS 2021).
+
+    On the task-weighted gradients h_i = omega_i g_i with g0 = mean_i h_i:
+    d = g0 + c ||g0|| h_alpha*/||h_alpha*|| with alpha* = argmin over the simplex of
+    h_alpha^T g0 + c ||g0|| ||h_alpha|| (the same dual as :func:`rectify`, which computes it), then
+    ``rescale`` as in the official code: 0 keeps d, 1 divides by 1 + c^2 (the repository's
+    default), 2 divides by 1 + c. The result is multiplied by T, as the official
+    ``overwrite_grad`` does "to match the sum loss". For two tasks the dual is the closed form of
+    :func:`camegrad_mini.optim.minimize_on_segment`.
+
+    Args:
+        gram: Raw (T, T) Gram matrix.
+        task_weights: omega; None means all ones.
+        c: Conflict-aversion radius, >= 0.
+        rescale: 0, 1 or 2 (see above).
+        zero_tol: Relative tolerance for degenerate norms.
+        max_iter: Solver iteration cap (three or more tasks).
+        tol: Solver tolerance.
+
+    Returns:
+        An :class:`AggregationResult`.
+    """
+    c = _real("c", c)
+    if c < 0:
+        raise ValueError(f"c must be >= 0, got {c}")
+    if rescale not in (0, 1, 2):
+        raise ValueError(f"rescale must be 0, 1 or 2, got {rescale!r}")
+    g = _as_gram(gram)
+    w = _as_weights(task_weights, g.shape[0])
+    t_count = g.shape[0]
+    rect = _rectify(_weighted_gram(g, w), c, zero_tol, max_iter, tol)
+    divisor = {0: 1.0, 1: 1.0 + c * c, 2: 1.0 + c}[rescale]
+    coef = rect.u_star * (t_count / divisor) * w
+    extras = {"rescale": rescale, "c": c, "iterations": rect.iterations}
+    return _result("cagrad", coef, w, g, rect.alpha, rect.degenerate, extras=extras)
+
+
+_METHODS = {
+    "ls": linear_scalarization,
+    "pcgrad": pcgrad,
+    "mgda": mgda,
+    "cagrad": cagrad,
+    "came": came_grad,
+}
+
+
+def aggregate(
+    grads: Any, method: str = "came", task_weights: Any = None, **kwargs: Any
+) -> tuple[Any, AggregationResult]:
+    """Convenience: Gram matrix, method and combination in one call, on explicit gradients.
+
+    Args:
+        grads: Task gradients in any form :func:`gram_matrix` accepts (e.g. a (T, D) tensor).
+        method: ``"ls"``, ``"pcgrad"``, ``"mgda"``, ``"cagrad"`` or ``"came"``.
+        task_weights: omega; None means all ones.
+        **kwargs: Passed to the method function (for instance ``rho=0.5``).
+
+    Returns:
+        ``(direction, result)`` with the direction formed by :func:`combine`.
+    """
+    if method not in _METHODS:
+        raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")
+    result = _METHODS[method](gram_matrix(grads), task_weights, **kwargs)
+    return combine(grads, result.coefficients), result
