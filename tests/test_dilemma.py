@@ -1,0 +1,367 @@
+"""Tests for camegrad_mini.dilemma, camegrad_mini.dilemma_symbolic and SharpFlatWells.
+
+The symbolic derivations and the numeric closed forms are checked against each other and
+against direct computation on vectors; the noise model against empirical covariances; the
+simulator against the exact stationary variance of noisy gradient descent on a quadratic.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from camegrad_mini import dilemma as D
+from camegrad_mini import dilemma_symbolic as S
+from camegrad_mini.problems import FonsecaFleming, QuadraticPair, SharpFlatWells
+
+RNG_SEED = 1234
+
+
+# ------------------------------------------------------------------ closed forms and statistics
+def test_two_task_weights_and_validation():
+    np.testing.assert_allclose(D.two_task_weights(0.8), [0.2, 0.8])
+    with pytest.raises(ValueError, match="w must lie"):
+        D.two_task_weights(1.5)
+    with pytest.raises(ValueError, match="weights"):
+        D.joint_gradient(np.ones((2, 2)), [1.0, -1.0])
+
+
+def test_polar_gradients_have_the_requested_angle_and_ratio():
+    G = D.polar_gradients(np.radians(135), 3.0, n0=2.0)
+    n = np.linalg.norm(G, axis=-1)
+    np.testing.assert_allclose(n, [2.0, 6.0])
+    np.testing.assert_allclose(D.gradient_cosine(G), np.cos(np.radians(135)))
+
+
+def test_energy_ratio_special_cases():
+    w = [0.5, 0.5]
+    assert D.energy_ratio(np.array([[1.0, 0.0], [0.0, 1.0]]), w) == pytest.approx(1.0)  # orthogonal
+    assert D.energy_ratio(np.array([[1.0, 0.0], [1.0, 0.0]]), w) == pytest.approx(2.0)  # aligned, balanced
+    assert D.energy_ratio(np.array([[1.0, 0.0], [-1.0, 0.0]]), w) == pytest.approx(0.0)  # exact cancellation
+    assert np.isnan(D.energy_ratio(np.zeros((2, 2)), w))
+
+
+@settings(max_examples=60, deadline=None)
+@given(theta=st.floats(0, np.pi), r=st.floats(0.05, 20), w=st.floats(0.01, 0.99))
+def test_energy_ratio_closed_form_matches_vectors(theta, r, w):
+    G = D.polar_gradients(theta, r)
+    wts = D.two_task_weights(w)
+    rho = wts[1] * r / wts[0]
+    assert D.energy_ratio(G, wts) == pytest.approx(D.energy_ratio_closed_form(theta, rho), rel=1e-9, abs=1e-12)
+
+
+def test_energy_ratio_is_rotation_invariant_in_higher_dimension():
+    rng = np.random.default_rng(RNG_SEED)
+    G = rng.normal(size=(5, 2, 7))  # 5 stacks of two 7-D gradients
+    Q, _ = np.linalg.qr(rng.normal(size=(7, 7)))
+    w = [0.3, 0.7]
+    np.testing.assert_allclose(D.energy_ratio(G, w), D.energy_ratio(G @ Q.T, w))
+
+
+def test_task_alignment_is_the_inner_product_with_the_joint_gradient():
+    rng = np.random.default_rng(RNG_SEED)
+    G = rng.normal(size=(4, 2, 3))
+    w = np.array([0.25, 0.75])
+    gj = w[0] * G[:, 0] + w[1] * G[:, 1]
+    np.testing.assert_allclose(D.task_alignment(G, w), np.einsum("sij,sj->si", G, gj))
+
+
+def test_deviation_region_matches_direct_inner_products():
+    rng = np.random.default_rng(RNG_SEED)
+    theta = rng.uniform(0, np.pi, 20000)
+    w = rng.uniform(0, 1, 20000)
+    r = 10 ** rng.uniform(-1.5, 1.5, 20000)
+    G = D.polar_gradients(theta, r)
+    al = np.einsum("sij,sj->si", G, (1 - w)[:, None] * G[:, 0] + w[:, None] * G[:, 1])
+    direct = (al < 0).any(-1)
+    closed = D.deviation_region(theta, w, r)
+    assert direct.mean() > 0.2  # the sample does hit the region
+    np.testing.assert_array_equal(closed, direct)
+
+
+def test_deviation_needs_conflict_and_balanced_weights_avoid_it_at_opposition():
+    assert not D.deviation_region(np.radians(89), 0.99, 0.01).any()
+    r = 3.0
+    assert not D.deviation_region(np.pi, 1 / (1 + r), r)  # balance point
+    assert D.deviation_region(np.pi, 1 / (1 + r) + 0.01, r)
+    assert D.deviation_region(np.pi, 1 / (1 + r) - 0.01, r)
+
+
+@settings(max_examples=40, deadline=None)
+@given(w=st.floats(0.02, 0.98), r=st.floats(0.05, 20))
+def test_deviation_angle_threshold_is_the_boundary(w, r):
+    t = float(D.deviation_angle_threshold(w, r))
+    assert np.pi / 2 <= t <= np.pi
+    if t < np.pi - 1e-3:
+        assert D.deviation_region(t + 1e-4, w, r)
+    assert not D.deviation_region(t - 1e-4, w, r)
+
+
+def test_paper_weights_threshold():
+    # omega = (1, 4) with equal gradient norms: rho = 4, threshold arccos(-1/4)
+    assert np.degrees(D.deviation_angle_threshold(0.8, 1.0)) == pytest.approx(np.degrees(np.arccos(-0.25)))
+
+
+def test_deviation_area_fraction_against_monte_carlo_and_symmetry():
+    rng = np.random.default_rng(RNG_SEED)
+    theta, w = rng.uniform(0, np.pi, 200000), rng.uniform(0, 1, 200000)
+    for r in (1.0, 4.0):
+        mc = D.deviation_region(theta, w, r).mean()
+        assert D.deviation_area_fraction(r) == pytest.approx(mc, abs=0.005)
+    # swapping the tasks maps (theta, w, r) to (theta, 1 - w, 1/r)
+    assert D.deviation_area_fraction(4.0) == pytest.approx(D.deviation_area_fraction(0.25), abs=1e-9)
+
+
+def test_weighted_noise_variance_formula():
+    assert D.weighted_noise_variance([0.5, 0.5], [1.0, 1.0], -1.0) == pytest.approx(0.0)
+    assert D.weighted_noise_variance([0.2, 0.8], [1.0, 1.0], -1.0) == pytest.approx(0.36)
+    assert D.weighted_noise_variance([0.5, 0.5], [2.0, 2.0], 1.0) == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="corr"):
+        D.weighted_noise_variance([0.5, 0.5], [1.0, 1.0], 1.5)
+
+
+# ------------------------------------------------------------------ the noise model
+@pytest.mark.parametrize("kind,problem", [
+    ("isotropic", D.conflict_pair(2.0)),
+    ("hessian", D.conflict_pair(2.0, condition=5.0)),
+    ("gradient", D.conflict_pair(2.0, condition=5.0)),
+])
+@pytest.mark.parametrize("corr", [-0.7, 0.4])
+def test_weighted_cov_matches_empirical_covariance(kind, problem, corr):
+    noise = D.TaskNoise(sigma=(0.7, 1.3), corr=corr, kind=kind)
+    w = np.array([0.35, 0.65])
+    x = np.array([0.2, -0.3])
+    xs = np.broadcast_to(x, (200000, 2))
+    xi = noise.sample(problem, xs, np.random.default_rng(RNG_SEED))
+    weighted = w[0] * xi[:, 0] + w[1] * xi[:, 1]
+    emp = np.cov(weighted.T)
+    cov = noise.weighted_cov(problem, x, w)
+    np.testing.assert_allclose(emp, cov, atol=0.02 * np.abs(cov).max() + 1e-12)
+    # and the two task noises really have correlation corr (first coordinate of the z's)
+    L = noise.factors(problem, x)
+    cross = np.mean(xi[:, 0, :, None] * xi[:, 1, None, :], axis=0)
+    np.testing.assert_allclose(cross, corr * L[0] @ L[1].T, atol=0.02 * np.abs(L).max() ** 2 + 1e-12)
+
+
+def test_gradient_aligned_noise_with_full_correlation_is_the_energy():
+    prob = D.conflict_pair(2.5)
+    x = np.array([0.1, 0.4])
+    w = np.array([0.4, 0.6])
+    noise = D.TaskNoise(sigma=0.9, corr=1.0, kind="gradient")
+    gj = prob.weighted_grad(x, w)
+    np.testing.assert_allclose(noise.weighted_cov(prob, x, w), 0.81 * np.outer(gj, gj), atol=1e-12)
+    assert np.trace(noise.weighted_cov(prob, x, w)) == pytest.approx(0.81 * D.joint_energy(prob.grads(x), w))
+
+
+def test_isotropic_cov_has_no_angle_dependence():
+    w = [0.5, 0.5]
+    covs = [D.TaskNoise(1.0, 0.3).weighted_cov(D.conflict_pair(t), np.zeros(2), w) for t in (0.3, 1.5, 3.0)]
+    for cov in covs[1:]:
+        np.testing.assert_allclose(cov, covs[0])
+    np.testing.assert_allclose(covs[0], D.weighted_noise_variance(w, [1.0, 1.0], 0.3) * np.eye(2))
+
+
+def test_task_noise_validation():
+    with pytest.raises(ValueError, match="corr"):
+        D.TaskNoise(corr=-1.2)
+    with pytest.raises(ValueError, match="kind"):
+        D.TaskNoise(kind="pink")
+    with pytest.raises(ValueError, match="sigma"):
+        D.TaskNoise(sigma=-0.1)
+    with pytest.raises(ValueError, match="hessian"):
+        D.TaskNoise(kind="hessian").factors(FonsecaFleming(), np.zeros(2))
+
+
+# ------------------------------------------------------------------ simulator
+def test_noise_free_ls_converges_to_the_ls_minimizer():
+    prob = D.conflict_pair(2.0, condition=5.0)
+    w = D.two_task_weights(0.3)
+    run = D.simulate_ls(prob, w, D.TaskNoise(0.0), lr=0.1, steps=400, x0=(0, 0), n_seeds=3, seed=0)
+    np.testing.assert_allclose(run.final, np.broadcast_to(prob.ls_minimizer(w), (3, 2)), atol=1e-8)
+    assert run.xs.shape == (3, 401, 2) and run.grads.shape == (3, 400, 2, 2)
+    np.testing.assert_array_equal(run.grads, run.noisy_grads)
+
+
+def test_simulation_is_reproducible_and_seeded():
+    prob = D.conflict_pair(2.0)
+    kw = dict(lr=0.1, steps=20, x0=(0, 0), n_seeds=4)
+    a = D.simulate_ls(prob, [0.5, 0.5], D.TaskNoise(0.5, 0.2), seed=7, **kw)
+    b = D.simulate_ls(prob, [0.5, 0.5], D.TaskNoise(0.5, 0.2), seed=7, **kw)
+    c = D.simulate_ls(prob, [0.5, 0.5], D.TaskNoise(0.5, 0.2), seed=8, **kw)
+    np.testing.assert_array_equal(a.xs, b.xs)
+    assert not np.allclose(a.xs, c.xs)
+    assert not np.allclose(a.xs[0], a.xs[1])  # seeds within one call differ
+
+
+@pytest.mark.parametrize("corr", [-0.6, 0.0, 0.8])
+def test_stationary_spread_is_set_by_the_weighted_noise_variance(corr):
+    # identity Hessians: e_{k+1} = (1 - eta) e_k - eta * noise, so Var_inf = eta * V / (2 - eta)
+    prob = D.conflict_pair(2.0)
+    w = D.two_task_weights(0.5)
+    eta, sigma = 0.2, 1.0
+    run = D.simulate_ls(prob, w, D.TaskNoise(sigma, corr), lr=eta, steps=150, x0=prob.ls_minimizer(w),
+                        n_seeds=4000, seed=3, record_grads=False)
+    tail = run.xs[:, 50:] - prob.ls_minimizer(w)
+    V = D.weighted_noise_variance(w, [sigma, sigma], corr)
+    assert tail.var() == pytest.approx(eta * V / (2 - eta), rel=0.06)
+
+
+def test_stationary_cov_matches_simulation_on_an_ill_conditioned_pair():
+    prob = D.conflict_pair(2.0, condition=5.0)
+    w = D.two_task_weights(0.3)
+    noise = D.TaskNoise((0.6, 0.9), -0.4, kind="hessian")
+    X = D.stationary_cov(prob, w, noise, lr=0.08)
+    run = D.simulate_ls(prob, w, noise, lr=0.08, steps=200, x0=prob.ls_minimizer(w), n_seeds=3000, seed=5,
+                        record_grads=False)
+    e = (run.xs[:, 60:] - prob.ls_minimizer(w)).reshape(-1, 2)
+    np.testing.assert_allclose(np.cov(e.T), X, atol=0.06 * np.abs(X).max())
+    # the isotropic, identity-Hessian case reduces to eta * Var / (2 - eta)
+    iso = D.stationary_cov(D.conflict_pair(2.0), [0.5, 0.5], D.TaskNoise(1.0, 0.2), lr=0.2)
+    np.testing.assert_allclose(iso, 0.2 * D.weighted_noise_variance([0.5, 0.5], [1, 1], 0.2) / 1.8 * np.eye(2))
+    with pytest.raises(ValueError, match="stationary"):
+        D.stationary_cov(prob, w, noise, lr=5.0)
+
+
+def test_deviation_and_conflict_fractions_on_a_run():
+    prob = D.conflict_pair(np.radians(170))
+    run = D.simulate_ls(prob, D.two_task_weights(0.8), D.TaskNoise(0.0), lr=0.1, steps=30, x0=(0, 0), seed=0)
+    # balanced start weights would not deviate; w = 0.8 makes task 0 lose from the first step on
+    assert run.deviation_fraction(observed=False) == pytest.approx(1.0)
+    assert run.conflict_fraction(observed=False) == pytest.approx(1.0)
+    assert np.all(run.energy_ratio() < 1)
+
+
+def test_simulate_ls_validation():
+    prob = D.conflict_pair(1.0)
+    with pytest.raises(ValueError, match="lr"):
+        D.simulate_ls(prob, [0.5, 0.5], D.TaskNoise(), lr=0.0, steps=3, x0=(0, 0))
+    with pytest.raises(ValueError, match="steps"):
+        D.simulate_ls(prob, [0.5, 0.5], D.TaskNoise(), lr=0.1, steps=0, x0=(0, 0))
+    with pytest.raises(ValueError, match="x0"):
+        D.simulate_ls(prob, [0.5, 0.5], D.TaskNoise(), lr=0.1, steps=3, x0=(0, 0, 0))
+    with pytest.raises(ValueError, match="theta0"):
+        D.conflict_pair(4.0)
+
+
+def test_conflict_pair_start_angle_and_pareto_ends():
+    for t in (0.5, 2.0, np.pi):
+        p = D.conflict_pair(t)
+        assert D.gradient_cosine(p.grads(np.zeros(2))) == pytest.approx(np.cos(t))
+        ps = p.pareto_set(5)
+        np.testing.assert_allclose(ps[0], p.c0)
+        np.testing.assert_allclose(ps[-1], p.c1)
+    assert isinstance(D.conflict_pair(1.0, condition=5.0), QuadraticPair)
+
+
+# ------------------------------------------------------------------ the sharp/flat wells and escapes
+def test_sharp_flat_wells_gradients_match_finite_differences():
+    p = SharpFlatWells()
+    rng = np.random.default_rng(RNG_SEED)
+    x = rng.uniform(-1.5, 1.5, size=(6, 2))
+    h = 1e-6
+    fd = np.stack([(p.losses(x + h * e) - p.losses(x - h * e)) / (2 * h) for e in np.eye(2)], -1)
+    np.testing.assert_allclose(p.grads(x), fd, atol=1e-6)
+
+
+def test_sharp_flat_wells_geometry_and_validation():
+    p = SharpFlatWells()
+    w = D.two_task_weights(0.5)
+    s = D.descend(p, w, p.sharp_center, lr=0.01, steps=3000)
+    f = D.descend(p, w, p.flat_center, lr=0.01, steps=3000)
+    assert np.linalg.norm(s - f) > 1.0  # two distinct minima
+    assert p.weighted_loss(f, w) < p.weighted_loss(s, w)  # the flat one is deeper
+
+    def curvature(x):
+        h = 1e-4
+        return np.linalg.eigvalsh(np.array([(p.weighted_grad(x + h * e, w) - p.weighted_grad(x - h * e, w)) / (2 * h)
+                                            for e in np.eye(2)])).max()
+
+    assert curvature(s) > 3 * curvature(f)
+    assert D.gradient_cosine(p.grads(s)) == pytest.approx(-1.0)  # tasks conflict at the LS minimum
+    with pytest.raises(ValueError, match="sharp_width"):
+        SharpFlatWells(sharp_width=1.0, flat_width=0.5)
+    with pytest.raises(ValueError, match="pull"):
+        SharpFlatWells(pull=0.0)
+
+
+def test_escape_counts_follow_the_weighted_noise_not_the_energy():
+    p = SharpFlatWells()
+    w = D.two_task_weights(0.5)
+    s = D.descend(p, w, p.sharp_center, lr=0.01, steps=3000)
+    f = D.descend(p, w, p.flat_center, lr=0.01, steps=3000)
+    kw = dict(lr=0.05, steps=400, sharp_min=s, flat_min=f, n_seeds=60, seed=0)
+    counts = D.escape_counts(p, w, [D.TaskNoise(0.0), D.TaskNoise(4.0, -1.0), D.TaskNoise(2.5, 0.0),
+                                    D.TaskNoise(2.5, 1.0)], **kw)
+    assert counts[0] == 0
+    assert counts[1] == 0  # perfectly anti-correlated, balanced noise cancels exactly
+    assert counts[3] > counts[2] > 0
+    assert D.escape_counts(p, w, [D.TaskNoise(2.0, 0.0)], step_scale=2.0, **kw)[0] > \
+        D.escape_counts(p, w, [D.TaskNoise(2.0, 0.0)], step_scale=1.0, **kw)[0]
+
+
+def test_escaped_uses_nearest_minimum():
+    out = D.escaped(np.array([[0.9, 0.0], [-0.8, 0.1]]), [-1.0, 0.0], [1.0, 0.0])
+    np.testing.assert_array_equal(out, [True, False])
+
+
+# ------------------------------------------------------------------ symbolic derivations
+def _rand_subs(rng):
+    Y = S.SYMBOLS
+    return {Y["w0"]: rng.uniform(0.1, 1), Y["w1"]: rng.uniform(0.1, 1), Y["n0"]: rng.uniform(0.1, 3),
+            Y["n1"]: rng.uniform(0.1, 3), Y["theta"]: rng.uniform(0, np.pi), Y["c"]: rng.uniform(-1, 1),
+            Y["s0"]: rng.uniform(0.1, 2), Y["s1"]: rng.uniform(0.1, 2), Y["sigma"]: rng.uniform(0.1, 2)}
+
+
+def test_symbolic_joint_energy_and_cross_term():
+    Y = S.SYMBOLS
+    E = S.joint_energy()
+    expected = (Y["w0"] * Y["n0"]) ** 2 + (Y["w1"] * Y["n1"]) ** 2 + 2 * Y["w0"] * Y["w1"] * Y["n0"] * Y["n1"] * sp.cos(Y["theta"])
+    assert sp.simplify(E - expected) == 0
+    rng = np.random.default_rng(RNG_SEED)
+    for _ in range(5):
+        v = _rand_subs(rng)
+        G = D.polar_gradients(float(v[Y["theta"]]), float(v[Y["n1"]] / v[Y["n0"]]), n0=float(v[Y["n0"]]))
+        assert float(E.subs(v)) == pytest.approx(float(D.joint_energy(G, [v[Y["w0"]], v[Y["w1"]]])))
+
+
+def test_symbolic_energy_ratio_and_its_minimum():
+    Y = S.SYMBOLS
+    f = sp.lambdify((Y["theta"], Y["rho"]), S.energy_ratio(), "numpy")
+    t, rho = np.linspace(0, np.pi, 7), np.array([0.1, 0.5, 1.0, 2.0, 7.0])
+    T, R = np.meshgrid(t, rho)
+    np.testing.assert_allclose(f(T, R), D.energy_ratio_closed_form(T, R))
+    rho_star, value = S.energy_ratio_minimum()
+    assert rho_star == 1
+    assert sp.simplify(value - (1 + sp.cos(Y["theta"]))) == 0
+
+
+def test_symbolic_noise_variances():
+    Y = S.SYMBOLS
+    rng = np.random.default_rng(RNG_SEED)
+    var = S.weighted_noise_variance()
+    for _ in range(5):
+        v = _rand_subs(rng)
+        num = D.weighted_noise_variance([v[Y["w0"]], v[Y["w1"]]], [v[Y["s0"]], v[Y["s1"]]], v[Y["c"]])
+        assert float(var.subs(v)) == pytest.approx(float(num))
+    assert sp.simplify(S.observed_energy() - S.joint_energy() - Y["d"] * var) == 0
+    tr = S.gradient_noise_diffusion_trace()
+    assert sp.simplify(tr.subs(Y["c"], 1) - Y["sigma"] ** 2 * S.joint_energy()) == 0
+    assert sp.simplify(tr.subs(Y["c"], 0).diff(Y["theta"])) == 0  # independent noise: no angle
+
+
+def test_symbolic_deviation_thresholds_match_numeric():
+    Y = S.SYMBOLS
+    w_lo, w_hi = S.deviation_weight_thresholds()
+    f_lo = sp.lambdify((Y["theta"], Y["r"]), w_lo, "numpy")
+    f_hi = sp.lambdify((Y["theta"], Y["r"]), w_hi, "numpy")
+    theta = np.linspace(np.pi / 2 + 0.05, np.pi, 9)
+    for r in (0.3, 1.0, 5.0):
+        lo, hi = D.deviation_weight_thresholds(theta, r)
+        np.testing.assert_allclose(f_lo(theta, r), lo)
+        np.testing.assert_allclose(f_hi(theta, r), hi)
+    c0, c1 = S.deviation_cosine_thresholds()
+    assert sp.simplify(c0 + 1 / Y["rho"]) == 0 and sp.simplify(c1 + Y["rho"]) == 0
+    a0, a1 = S.drift_alignments()
+    assert sp.simplify(a0 - ((1 - Y["w"]) + Y["w"] * Y["r"] * sp.cos(Y["theta"]))) == 0
