@@ -248,8 +248,9 @@ def normalize(text: str) -> str:
 
 
 def clauses(text: str) -> list[str]:
-    """Split a report into clauses: sentences (``.``, ``;``, ``?``, ``!``, R2Gen's `` . ``), then
-    at contrastive conjunctions, so that cues never cross into an unrelated statement."""
+    """Split a report into clauses: sentences (``.``, ``;``, ``?``, ``!``, and R2Gen's
+    space-separated period), then at contrastive conjunctions, so that cues never cross into an
+    unrelated statement."""
     out = []
     for sent in _SENT_SPLIT.split(normalize(text)):
         for c in _CLAUSE_SPLIT.split(sent):
