@@ -1,4 +1,4 @@
-"""Two-dimensional multi-objective test problems with known Pareto sets.
+"""Test problems: two-task problems on the plane with known Pareto sets, and double wells.
 
 Every problem maps points ``x`` of shape ``(..., 2)`` to task losses of shape ``(..., T)`` and
 task gradients of shape ``(..., T, 2)``, in NumPy and in closed form, so chapters can evaluate
@@ -17,6 +17,8 @@ __all__ = [
     "Problem",
     "QuadraticPair",
     "FonsecaFleming",
+    "SharpFlatWells",
+    "SharpFlatDoubleWell",
     "rotation",
 ]
 
@@ -210,8 +212,6 @@ class SharpFlatWells(Problem):
         return self.terrain_grad(x)[..., None, :] + self.pull * d
 
 
-__all__.append("SharpFlatWells")
-
 
 @dataclass(frozen=True)
 class SharpFlatDoubleWell:
@@ -286,5 +286,3 @@ class SharpFlatDoubleWell:
         cp = self.critical_points()
         return float(self.loss(cp["saddle"]) - self.loss(cp[well]))
 
-
-__all__.append("SharpFlatDoubleWell")
