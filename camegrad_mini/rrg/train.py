@@ -1,0 +1,750 @@
+"""One training loop for every multi-task method, with exact resume (nanoGPT-style, top to bottom).
+
+``python -m camegrad_mini.rrg.train --method came --seed 0 --config cpu_reduced --out runs/x``
+
+Every method goes through the same code path: the per-task losses (report NLL, classification
+BCE, optionally alignment) are handed to :class:`camegrad_mini.optim.CAMEGrad`, which computes the
+per-task gradients, aggregates them (``ls`` = linear scalarization, ``came``, ``pcgrad``,
+``cagrad``, ``mgda``), clips the result by its total norm, and steps AdamW (Loshchilov & Hutter
+2019). So the methods differ *only* in the aggregator: same model, data order, augmentation,
+learning-rate schedule (linear warm-up, cosine decay), clipping policy and selection rule (the
+checkpoint with the best validation clinical macro-F1, as in the CAME-Grad trainer). The
+official CAME-Grad code clips the baseline by value and the CAME-Grad path not at all; the book
+avoids that confound on purpose.
+
+What is recorded per step (``steps.csv``): the task losses, the inner product and cosine of the
+report and classification gradients on the *shared* parameters (the encoder), whether they
+conflict (inner product < 0; the paper reports 53.8 % of steps), the task-gradient norms and the
+learning rate. Per epoch (``metrics.csv``): mean training losses, validation NLL and clinical
+F1. At the end: ``generations_test.jsonl`` (reference and generated report per test study) and
+``summary.json`` (config, timings, conflict statistics, test metrics).
+
+Exact resume: after every epoch an atomic checkpoint ``last.pt`` (written to a temporary file,
+then ``os.replace``) holds the model, the optimizer wrapper's state, the schedule position, the
+RNG states (torch, CUDA, numpy, Python, and the numpy generator that orders the data) and the
+best-so-far selection state. Rerunning the same command continues from there, and on a CPU the
+final parameters are bitwise identical to an uninterrupted run (tested by killing a run).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from camegrad_mini.rrg.model import ModelConfig, ReportGenerator
+
+__all__ = ["TrainConfig", "CONFIGS", "METHODS", "get_config", "train", "prepare_data", "PreparedData", "SplitTensors", "main"]
+
+# method name -> aggregator name of camegrad_mini.optim.CAMEGrad
+METHODS: dict[str, str] = {"ls": "ls", "came": "came", "pcgrad": "pcgrad", "cagrad": "cagrad", "mgda": "mgda"}
+# test hook: exit hard (no cleanup, as a kill would) right after the checkpoint of this epoch
+EXIT_HOOK_ENV = "CAMEGRAD_RRG_EXIT_AFTER_EPOCH"
+# config fields that may change between an interrupted run and its resumption
+_RESUMABLE_CHANGES = {"max_train_seconds", "progress", "device", "text_metrics", "num_threads"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a run. Presets live in :data:`CONFIGS`; the CLI overrides fields."""
+
+    method: str = "came"
+    seed: int = 0
+    # data
+    data_root: str | None = None  # None: the shipped data_samples/iu_xray (real reports, stand-in images)
+    images: str = "auto"  # "auto" | "real" | "standin"
+    image_size: int = 128
+    data_seed: int = 0  # seeds the stand-in pictures; the same for every method and seed
+    n_train: int | None = None  # None: the whole split; else the first n studies
+    n_val: int | None = None
+    n_test: int | None = None
+    # model
+    model: str = "full"  # a ModelConfig preset
+    model_overrides: dict[str, Any] = field(default_factory=dict)
+    # tasks
+    task_weights: tuple[float, ...] = (1.0, 4.0)  # report, classification (the paper's trainer)
+    align_weight: float = 0.0  # > 0 adds the alignment task (needs model_overrides align_dim > 0)
+    label_smoothing: float = 0.1
+    # optimisation
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 5e-4
+    min_lr_ratio: float = 0.05  # cosine decays to lr * min_lr_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    max_grad_norm: float | None = 1.0  # one clipping policy (total norm) for every method
+    rho: float = 0.5
+    kappa: float = 1.5
+    nu: float = 0.2
+    shared: str = "auto"
+    # augmentation (on the device): random translation and scale, brightness/contrast jitter
+    augment: bool = True
+    aug_translate: float = 0.06
+    aug_scale: float = 0.06
+    aug_intensity: float = 0.1
+    # evaluation
+    beam_size: int = 1  # test decoding; validation is always greedy
+    eval_batch_size: int = 128
+    text_metrics: bool = False  # pycocoevalcap at the end (the GPU machine has none: post-hoc)
+    # machine
+    device: str = "auto"
+    bf16: bool = True  # autocast to bfloat16 on CUDA only
+    num_threads: int | None = None
+    max_train_seconds: float | None = None  # safety net: stop training after this wall time (recorded)
+    progress: bool = True
+
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ValueError(msg)
+
+        need(self.method in METHODS, f"method={self.method!r} is not one of {sorted(METHODS)}")
+        need(self.images in ("auto", "real", "standin"), f"images={self.images!r} must be 'auto', 'real' or 'standin'")
+        need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
+        need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
+        need(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        need(self.warmup_steps >= 0, f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        need(self.max_grad_norm is None or self.max_grad_norm > 0, f"max_grad_norm must be > 0 or None, got {self.max_grad_norm}")
+        need(len(self.task_weights) == 2 and all(w > 0 for w in self.task_weights),
+             f"task_weights must be two positive numbers (report, classification), got {self.task_weights}")
+        need(self.align_weight >= 0, f"align_weight must be >= 0, got {self.align_weight}")
+        if self.align_weight > 0:
+            need(self.model_overrides.get("align_dim", 0) > 0,
+                 "align_weight > 0 needs an alignment head: set model_overrides={'align_dim': 64}")
+        for n in ("n_train", "n_val", "n_test"):
+            v = getattr(self, n)
+            need(v is None or v >= 2, f"{n} must be None or >= 2, got {v}")
+        need(self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["task_weights"], d["betas"] = list(self.task_weights), list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        d = dict(d)
+        d["task_weights"], d["betas"] = tuple(d["task_weights"]), tuple(d["betas"])
+        return cls(**d)
+
+
+# Presets. gpu_full: the full model on all 2,069 training studies (one H100, see tools/gpu_run.sh).
+# cpu_reduced: what the chapter runs on a 2-core CPU in seconds. tiny: the unit tests.
+CONFIGS: dict[str, dict[str, Any]] = {
+    "gpu_full": dict(model="full", image_size=128, epochs=20, batch_size=32, lr=5e-4, warmup_steps=200,
+                     beam_size=1, eval_batch_size=300),
+    "cpu_reduced": dict(model="tiny", image_size=32, n_train=192, n_val=24, n_test=48, epochs=8,
+                        batch_size=16, lr=1e-2, warmup_steps=10, eval_batch_size=48,
+                        model_overrides={"max_len": 40}, label_smoothing=0.0),
+    "tiny": dict(model="tiny", image_size=32, n_train=24, n_val=8, n_test=8, epochs=2, batch_size=8,
+                 lr=3e-3, warmup_steps=2, eval_batch_size=16, model_overrides={"max_len": 24},
+                 label_smoothing=0.0, progress=False),
+}
+
+
+def get_config(name: str, **overrides: Any) -> TrainConfig:
+    """A preset from :data:`CONFIGS` with field overrides, validated."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown config {name!r}; choose one of {sorted(CONFIGS)}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown TrainConfig field(s) {bad}")
+    cfg = TrainConfig(**{**CONFIGS[name], **overrides})
+    cfg.validate()
+    return cfg
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: tensors built once; the uint8 image cache lives on the training device.
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class SplitTensors:
+    """One split as tensors: images stay uint8 on the training device and are augmented there."""
+
+    ids: list[str]
+    reports: list[str]  # cleaned reference reports
+    images: torch.Tensor  # uint8 [N, 2, S, S] on the device
+    tokens: torch.Tensor  # int64 [N, L] decoder inputs (BOS first), padded
+    targets: torch.Tensor  # int64 [N, L] next tokens, -100 at padding
+    labels: torch.Tensor  # float32 [N, 14]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+@dataclass
+class PreparedData:
+    """The dataset as tensors, plus what the model and the report need to know about it."""
+
+    splits: dict[str, SplitTensors]
+    tokenizer: Any
+    images_are_standins: bool
+    description: str
+
+
+def load_dataset(cfg: TrainConfig) -> Any:
+    """``load_iu_xray`` with the config's data settings (errors name the command that fixes them)."""
+    from camegrad_mini.rrg import load_iu_xray
+
+    return load_iu_xray(root=cfg.data_root, images=cfg.images, image_size=cfg.image_size, seed=cfg.data_seed)
+
+
+def _encode(tokenizer: Any, reports: list[str], max_len: int) -> tuple[np.ndarray, np.ndarray]:
+    """Reports -> (inputs, targets), each [N, max_len]: ``[bos] w1 .. wk`` and ``w1 .. wk [eos]``.
+
+    Padding is marked by length, never by token id, because a tokenizer may use one id for
+    pad, bos and eos (R2Gen does)."""
+    n = len(reports)
+    inputs = np.full((n, max_len), tokenizer.pad_id, dtype=np.int64)
+    targets = np.full((n, max_len), -100, dtype=np.int64)
+    for i, r in enumerate(reports):
+        ids = list(tokenizer.encode(r))[: max_len + 1]  # [bos] + words + [eos], possibly truncated
+        k = len(ids) - 1
+        inputs[i, :k] = ids[:-1]
+        targets[i, :k] = ids[1:]
+    return inputs, targets
+
+
+def prepare_data(cfg: TrainConfig, device: torch.device | str = "cpu", dataset: Any | None = None) -> PreparedData:
+    """Subset the splits as the config says and move everything to ``device``."""
+    ds = load_dataset(cfg) if dataset is None else dataset
+    max_len = ModelConfig.preset(cfg.model, 8, image_size=cfg.image_size, **cfg.model_overrides).max_len
+    limits = {"train": cfg.n_train, "val": cfg.n_val, "test": cfg.n_test}
+    out: dict[str, SplitTensors] = {}
+    for name, limit in limits.items():
+        sp = ds.splits[name]
+        n = len(sp.ids) if limit is None else min(limit, len(sp.ids))
+        imgs = np.asarray(sp.images[:n])
+        if imgs.shape[-1] != cfg.image_size:
+            raise ValueError(f"dataset images are {imgs.shape[-1]} px but the config asks for image_size={cfg.image_size}")
+        inputs, targets = _encode(ds.tokenizer, list(sp.reports[:n]), max_len)
+        out[name] = SplitTensors(
+            ids=list(sp.ids[:n]), reports=list(sp.reports[:n]),
+            images=torch.from_numpy(np.ascontiguousarray(imgs, dtype=np.uint8)).to(device),
+            tokens=torch.from_numpy(inputs).to(device), targets=torch.from_numpy(targets).to(device),
+            labels=torch.from_numpy(np.asarray(sp.labels[:n], dtype=np.float32)).to(device))
+    standin = bool(getattr(ds, "images_are_standins", True))
+    desc = ds.describe() if hasattr(ds, "describe") else ""
+    return PreparedData(splits=out, tokenizer=ds.tokenizer, images_are_standins=standin, description=desc)
+
+
+def augment(images: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Random translation/scale and brightness/contrast jitter, on the device, per study.
+
+    Both views of a study get the same geometric transform. No horizontal flip: it swaps left
+    and right in a chest radiograph (R2Gen flips anyway; we choose not to). Returns float images
+    in [0, 1]. Uses the global torch RNG of the device, which the checkpoint saves.
+    """
+    x = images.float() / 255.0
+    if not cfg.augment:
+        return x
+    B, V, S, _ = x.shape
+    dev = x.device
+    u = torch.rand(B, 5, device=dev) * 2 - 1  # uniform in [-1, 1]
+    scale = 1 + cfg.aug_scale * u[:, 0]
+    theta = torch.zeros(B, 2, 3, device=dev)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale
+    theta[:, 0, 2], theta[:, 1, 2] = cfg.aug_translate * u[:, 1], cfg.aug_translate * u[:, 2]
+    grid = F.affine_grid(theta, (B, V, S, S), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    contrast = (1 + cfg.aug_intensity * u[:, 3]).view(B, 1, 1, 1)
+    bright = (cfg.aug_intensity * u[:, 4]).view(B, 1, 1, 1)
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return ((x - mean) * contrast + mean + bright).clamp(0, 1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Schedule, optimizer
+# ----------------------------------------------------------------------------------------------
+
+def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
+    """Linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def build_optimizer(model: ReportGenerator, cfg: TrainConfig) -> Any:
+    """AdamW (weight decay on matrices and convolutions only, as in nanoGPT) wrapped in CAMEGrad."""
+    from camegrad_mini.optim import CAMEGrad
+
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        (decay if p.dim() >= 2 else no_decay).append(p)
+    base = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=cfg.betas)
+    return CAMEGrad(base, rho=cfg.rho, kappa=cfg.kappa, nu=cfg.nu, aggregator=METHODS[cfg.method],
+                    shared=cfg.shared, max_grad_norm=cfg.max_grad_norm, seed=cfg.seed)
+
+
+def _resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} was requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+# ----------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def generate_reports(model: ReportGenerator, split: SplitTensors, tokenizer: Any, batch_size: int,
+                     beam_size: int = 1, autocast: Any = nullcontext) -> list[str]:
+    """Decoded generated reports for every study in ``split`` (model put in eval mode)."""
+    was_training = model.training
+    model.eval()
+    texts: list[str] = []
+    for i in range(0, len(split), batch_size):
+        with autocast():
+            ids = model.generate(split.images[i:i + batch_size], beam_size=beam_size)
+        texts.extend(tokenizer.decode(s) for s in ids)
+    model.train(was_training)
+    return texts
+
+
+@torch.no_grad()
+def validation_nll(model: ReportGenerator, split: SplitTensors, batch_size: int, autocast: Any = nullcontext) -> float:
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0
+    for i in range(0, len(split), batch_size):
+        sl = slice(i, i + batch_size)
+        with autocast():
+            logits = model(split.images[sl], split.tokens[sl]).logits
+        t = split.targets[sl]
+        total += float(F.cross_entropy(logits.float().flatten(0, 1), t.flatten(), ignore_index=-100, reduction="sum"))
+        count += int((t != -100).sum())
+    model.train(was_training)
+    return total / max(count, 1)
+
+
+def clinical_scores(generated: list[str], references: list[str]) -> dict[str, float]:
+    """Rule-labeler clinical efficacy of generated against reference reports (same labeler on both)."""
+    from camegrad_mini.rrg import label_reports
+    from camegrad_mini.rrg.metrics import clinical_efficacy
+
+    return {k: float(v) for k, v in clinical_efficacy(references, generated).items()
+            if isinstance(v, (int, float, np.floating, np.integer)) and k != "n"}
+
+
+def _macro_f1(scores: dict[str, float]) -> float:
+    return scores["f1_macro"]
+
+
+# ----------------------------------------------------------------------------------------------
+# Files: atomic writes, resumable CSV logs
+# ----------------------------------------------------------------------------------------------
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write to ``path.tmp`` then ``os.replace``: a kill mid-write never leaves a torn checkpoint."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+class CsvLog:
+    """Append-only CSV; on resume, rows beyond the checkpoint are dropped (they will be redone)."""
+
+    def __init__(self, path: Path, columns: list[str]) -> None:
+        self.path, self.columns = path, columns
+
+    def truncate(self, key: str, last: int) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, newline="", encoding="utf-8") as f:
+            rows = [r for r in csv.DictReader(f) if int(r[key]) <= last]
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns)
+            w.writeheader()
+            w.writerows(rows)
+
+    def reset(self) -> None:
+        with open(self.path, "w", newline="", encoding="utf-8") as f:
+            csv.DictWriter(f, fieldnames=self.columns).writeheader()
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        with open(self.path, "a", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=self.columns)
+            for r in rows:
+                w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+
+
+STEP_COLUMNS = ["step", "epoch", "lr", "loss_report", "loss_cls", "loss_align", "inner", "cosine", "conflict",
+                "norm_report", "norm_cls", "grad_norm", "clip_coef", "skipped", "step_time_s"]
+EPOCH_COLUMNS = ["epoch", "step", "train_loss_report", "train_loss_cls", "conflict_share", "mean_cosine",
+                 "val_nll", "val_macro_f1", "val_example_f1", "best", "epoch_time_s"]
+
+
+def _rng_state(data_rng: np.random.Generator) -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "numpy": np.random.get_state(), "python": random.getstate(),
+            "data_order": data_rng.bit_generator.state}
+
+
+def _set_rng_state(state: dict[str, Any], data_rng: np.random.Generator) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    data_rng.bit_generator.state = state["data_order"]
+
+
+def _info_pair(info: Any, name: str) -> float:
+    """Entry (0, 1) of a T x T statistic of the optimizer's StepInfo (report vs classification)."""
+    m = getattr(info, name, None)
+    if m is None:
+        return float("nan")
+    m = torch.as_tensor(m)
+    return float(m[0, 1]) if m.dim() == 2 else float(m)
+
+
+def _info_norms(info: Any) -> tuple[float, float]:
+    """Norms of the raw report and classification gradients on the shared parameters
+    (square roots of the Gram matrix's diagonal)."""
+    g = getattr(info, "inner_products", None)
+    if g is None:
+        return float("nan"), float("nan")
+    d = np.sqrt(np.clip(np.diag(np.asarray(g, dtype=float)), 0, None))
+    return float(d[0]), float(d[1]) if len(d) > 1 else float("nan")
+
+
+# ----------------------------------------------------------------------------------------------
+# The loop
+# ----------------------------------------------------------------------------------------------
+
+def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: Any | None = None,
+          data: PreparedData | None = None) -> dict[str, Any]:
+    """Train one (method, seed) run into ``out_dir`` and return its summary (also ``summary.json``).
+
+    ``dataset`` (from ``load_iu_xray``) or ``data`` (from :func:`prepare_data`) can be passed to
+    share one loaded dataset between runs; otherwise it is loaded from ``cfg``. With ``resume``
+    an existing ``last.pt`` in ``out_dir`` is continued; without it, existing results are
+    overwritten.
+    """
+    cfg.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    device = _resolve_device(cfg.device)
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    use_bf16 = cfg.bf16 and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if use_bf16 else nullcontext
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    # seeds first: model initialisation draws from the torch RNG
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    data_rng = np.random.default_rng(cfg.seed)
+
+    t_data = time.perf_counter()
+    data = data if data is not None else prepare_data(cfg, device, dataset)
+    data_time = time.perf_counter() - t_data
+    tok = data.tokenizer
+    tr, va, te = data.splits["train"], data.splits["val"], data.splits["test"]
+    mcfg = ModelConfig.preset(cfg.model, len(tok), image_size=cfg.image_size, pad_id=tok.pad_id,
+                              bos_id=tok.bos_id, eos_id=tok.eos_id, **cfg.model_overrides)
+    model = ReportGenerator(mcfg).to(device)
+    opt = build_optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    weights = list(cfg.task_weights) + ([cfg.align_weight] if cfg.align_weight > 0 else [])
+
+    n_batches = len(tr) // cfg.batch_size if len(tr) >= cfg.batch_size else 1
+    total_steps = cfg.epochs * n_batches
+    steps_log = CsvLog(out / "steps.csv", STEP_COLUMNS)
+    epoch_log = CsvLog(out / "metrics.csv", EPOCH_COLUMNS)
+
+    start_epoch, step = 0, 0
+    best = {"epoch": -1, "val_macro_f1": -1.0, "val_nll": float("inf")}
+    train_time, studies_seen, step_times = 0.0, 0, []
+    ckpt_path = out / "last.pt"
+    if resume and ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        saved = {k: v for k, v in ckpt["config"].items() if k not in _RESUMABLE_CHANGES}
+        now = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}
+        if saved != now:
+            diff = sorted(k for k in now if saved.get(k) != now[k])
+            raise ValueError(f"{ckpt_path} was written with a different config (fields {diff}); "
+                             "use another --out folder or pass --no-resume to start over")
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+        best, train_time, studies_seen = ckpt["best"], ckpt["train_time"], ckpt["studies_seen"]
+        step_times = ckpt.get("step_times", [])
+        _set_rng_state(ckpt["rng"], data_rng)
+        steps_log.truncate("step", step - 1)
+        epoch_log.truncate("epoch", start_epoch - 1)
+    else:
+        steps_log.reset()
+        epoch_log.reset()
+        for stale in ("best.pt", "summary.json", "generations_test.jsonl", "generations_val.jsonl"):
+            (out / stale).unlink(missing_ok=True)
+    atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+
+    bar = None
+    if cfg.progress:
+        try:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.method} s{cfg.seed}", unit="step", leave=False)
+        except ImportError:  # the GPU machine may lack tqdm: fall back to one line per epoch
+            bar = None
+    stopped_early = False
+    epochs_completed = start_epoch
+    loop_start = time.perf_counter()
+    model.train()
+    for epoch in range(start_epoch, cfg.epochs):
+        t_epoch = time.perf_counter()
+        order = data_rng.permutation(len(tr))
+        rows: list[dict[str, Any]] = []
+        for b in range(n_batches):
+            idx = torch.as_tensor(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], device=device)
+            t0 = time.perf_counter()
+            f = lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
+            for g, lr0 in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr0 * f
+            images = augment(tr.images[idx], cfg)
+            with autocast():
+                losses = model.losses(images, tr.tokens[idx], tr.targets[idx], tr.labels[idx],
+                                      label_smoothing=cfg.label_smoothing)
+            task_losses = [losses["report"], losses["cls"]] + ([losses["align"]] if cfg.align_weight > 0 else [])
+            info = opt.step(task_losses, task_weights=weights)
+            lv = [float(l.detach()) for l in task_losses]  # syncs the device, so step_time is honest
+            dt = time.perf_counter() - t0
+            inner = _info_pair(info, "inner_products")
+            n0, n1 = _info_norms(info)
+            rows.append({"step": step, "epoch": epoch, "lr": opt.param_groups[0]["lr"],
+                         "loss_report": lv[0], "loss_cls": lv[1], "loss_align": lv[2] if len(lv) > 2 else "",
+                         "inner": inner, "cosine": _info_pair(info, "cosines"), "conflict": int(inner < 0),
+                         "norm_report": n0, "norm_cls": n1,
+                         "grad_norm": float(getattr(info, "grad_norm", None) or float("nan")),
+                         "clip_coef": float(getattr(info, "clip_coef", 1.0)), "skipped": int(bool(getattr(info, "skipped", False))),
+                         "step_time_s": dt})
+            step += 1
+            train_time += dt
+            studies_seen += len(idx)
+            step_times.append(dt)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(epoch=epoch, nll=f"{lv[0]:.3f}", cls=f"{lv[1]:.3f}")
+            if cfg.max_train_seconds is not None and time.perf_counter() - loop_start > cfg.max_train_seconds:
+                stopped_early = True
+                break
+        steps_log.append(rows)
+
+        # validation: greedy decoding, rule-labeler clinical F1 (the selection metric), NLL
+        val_texts = generate_reports(model, va, tok, cfg.eval_batch_size, beam_size=1, autocast=autocast)
+        ce = clinical_scores(val_texts, va.reports)
+        val_f1, val_nll = _macro_f1(ce), validation_nll(model, va, cfg.eval_batch_size, autocast)
+        # the paper's rule: best validation clinical F1; ties (common early on, when every
+        # report is the normal template) go to the lower validation NLL
+        is_best = (val_f1, -val_nll) > (best["val_macro_f1"], -best["val_nll"])
+        if is_best:
+            best = {"epoch": epoch, "val_macro_f1": val_f1, "val_nll": val_nll}
+            atomic_torch_save({"model": model.state_dict(), "model_config": mcfg.to_dict(), "epoch": epoch},
+                              out / "best.pt")
+        conf = [r["conflict"] for r in rows]
+        cos = [r["cosine"] for r in rows if not math.isnan(r["cosine"])]
+        epoch_log.append([{"epoch": epoch, "step": step,
+                           "train_loss_report": float(np.mean([r["loss_report"] for r in rows])),
+                           "train_loss_cls": float(np.mean([r["loss_cls"] for r in rows])),
+                           "conflict_share": float(np.mean(conf)) if conf else float("nan"),
+                           "mean_cosine": float(np.mean(cos)) if cos else float("nan"),
+                           "val_nll": val_nll, "val_macro_f1": val_f1,
+                           "val_example_f1": ce["f1_example"], "best": int(is_best),
+                           "epoch_time_s": time.perf_counter() - t_epoch}])
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
+                                         "base_lrs": base_lrs},
+                           "rng": _rng_state(data_rng), "epoch": epoch, "step": step, "best": best,
+                           "train_time": train_time, "studies_seen": studies_seen, "step_times": step_times,
+                           "config": cfg.to_dict(), "model_config": mcfg.to_dict()}, ckpt_path)
+        epochs_completed = epoch + 1
+        if bar is None and cfg.progress:
+            print(f"[{cfg.method} s{cfg.seed}] epoch {epoch + 1}/{cfg.epochs} step {step} "
+                  f"val_macro_f1 {val_f1:.3f} val_nll {val_nll:.3f}", flush=True)
+        if os.environ.get(EXIT_HOOK_ENV) == str(epoch):
+            os._exit(75)  # simulate a kill right after the checkpoint (no cleanup, no summary)
+        if stopped_early:
+            break
+    if bar is not None:
+        bar.close()
+
+    summary = _finish(cfg, out, model, data, best, autocast, device, mcfg)
+    all_steps = _read_csv(out / "steps.csv")
+    inner = np.array([float(r["inner"]) for r in all_steps]) if all_steps else np.zeros(0)
+    cosv = np.array([float(r["cosine"]) for r in all_steps]) if all_steps else np.zeros(0)
+    finite = np.isfinite(inner)
+    warm = step_times[min(5, len(step_times) - 1):] if step_times else []  # skip warm-up steps
+    summary.update({
+        "n_params": model.num_parameters(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+        "torch": torch.__version__, "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "threads": torch.get_num_threads(), "bf16": use_bf16,
+        "epochs_completed": epochs_completed, "steps": step,
+        "stopped_early": stopped_early,
+        "train_time_s": train_time, "data_time_s": data_time, "loop_wall_s": time.perf_counter() - loop_start,
+        "studies_per_s": studies_seen / train_time if train_time > 0 else float("nan"),
+        "median_step_time_s": float(np.median(warm)) if len(warm) else float("nan"),
+        "conflict_share": float(np.mean(inner[finite] < 0)) if finite.any() else float("nan"),
+        "mean_cosine": float(np.nanmean(cosv)) if np.isfinite(cosv).any() else float("nan"),
+        "n_conflict_steps": int(finite.sum()),
+    })
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=_json_default))
+    return summary
+
+
+def _finish(cfg: TrainConfig, out: Path, model: ReportGenerator, data: PreparedData, best: dict[str, Any],
+            autocast: Any, device: torch.device, mcfg: ModelConfig) -> dict[str, Any]:
+    """Reload the selected checkpoint, decode the test split, write generations and metrics."""
+    if (out / "best.pt").exists():
+        model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=False)["model"])
+    te = data.splits["test"]
+    t0 = time.perf_counter()
+    gen = generate_reports(model, te, data.tokenizer, cfg.eval_batch_size, beam_size=cfg.beam_size, autocast=autocast)
+    decode_time = time.perf_counter() - t0
+    from camegrad_mini.rrg import label_reports
+    from camegrad_mini.rrg.metrics import r2gen_references
+
+    # text references as R2Gen scores them (decoded: truncated, <unk>-mapped); the clinical
+    # labels come from the full cleaned reference, the text the training labels came from
+    refs_tok = r2gen_references(data.tokenizer, te.reports)
+    gl, rl = np.asarray(label_reports(gen)), np.asarray(label_reports(te.reports))
+    with open(out / "generations_test.jsonl.tmp", "w", encoding="utf-8") as f:
+        for i, (sid, ref, rt, g) in enumerate(zip(te.ids, te.reports, refs_tok, gen)):
+            f.write(json.dumps({"id": sid, "reference": ref, "reference_tok": rt, "generated": g,
+                                "ref_labels": rl[i].astype(int).tolist(), "gen_labels": gl[i].astype(int).tolist()}) + "\n")
+    os.replace(out / "generations_test.jsonl.tmp", out / "generations_test.jsonl")
+    test = {f"test_{k}": v for k, v in clinical_scores(gen, te.reports).items()}
+    if cfg.text_metrics:
+        from camegrad_mini.rrg.metrics import text_metrics
+
+        test.update({f"test_{k}": float(v) for k, v in text_metrics(refs_tok, gen).items()
+                     if isinstance(v, (int, float))})
+    return {"method": cfg.method, "seed": cfg.seed, "config": cfg.to_dict(), "model_config": mcfg.to_dict(),
+            "images_are_standins": data.images_are_standins, "n_train": len(data.splits["train"]),
+            "n_val": len(data.splits["val"]), "n_test": len(te), "best_epoch": best["epoch"],
+            "val_macro_f1": best["val_macro_f1"], "test_decode_time_s": decode_time, **test}
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Command line
+# ----------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m camegrad_mini.rrg.train",
+                                description="Train the compact IU X-Ray report generator with one multi-task method. "
+                                            "Rerun the same command to resume an interrupted run exactly.")
+    p.add_argument("--method", required=True, choices=sorted(METHODS), help="gradient aggregation method")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--config", default="cpu_reduced", choices=sorted(CONFIGS), help="preset (default: cpu_reduced)")
+    p.add_argument("--out", required=True, help="output folder (logs, checkpoints, generations, summary)")
+    p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
+    p.add_argument("--data-root", default=None, help="prepared IU X-Ray folder (default: the shipped data_samples)")
+    p.add_argument("--images", choices=["auto", "real", "standin"], default=None)
+    p.add_argument("--image-size", type=int, default=None)
+    for name, typ in [("epochs", int), ("batch-size", int), ("lr", float), ("warmup-steps", int),
+                      ("n-train", int), ("n-val", int), ("n-test", int), ("beam-size", int),
+                      ("rho", float), ("kappa", float), ("nu", float), ("max-grad-norm", float),
+                      ("num-threads", int), ("max-train-seconds", float), ("weight-decay", float)]:
+        p.add_argument(f"--{name}", type=typ, default=None)
+    p.add_argument("--device", default=None, help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--text-metrics", action="store_true", help="also compute BLEU/METEOR/ROUGE-L/CIDEr (needs pycocoevalcap)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--overrides", default=None, help='JSON dict of TrainConfig fields, e.g. \'{"n_train": 64}\'')
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    over: dict[str, Any] = {}
+    if args.overrides:
+        try:
+            given = json.loads(args.overrides)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--overrides is not valid JSON: {e}") from e
+        if not isinstance(given, dict):
+            raise ValueError("--overrides must be a JSON object")
+        over.update(given)
+    over.update(method=args.method, seed=args.seed)
+    for key in ("data_root", "images", "image_size", "epochs", "batch_size", "lr", "warmup_steps", "n_train", "n_val",
+                "n_test", "beam_size", "rho", "kappa", "nu", "max_grad_norm", "num_threads", "max_train_seconds",
+                "weight_decay", "device"):
+        v = getattr(args, key)
+        if v is not None:
+            over[key] = v
+    if args.text_metrics:
+        over["text_metrics"] = True
+    if args.no_progress:
+        over["progress"] = False
+    return get_config(args.config, **over)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_from_args(args)
+        summary = train(cfg, args.out, resume=not args.no_resume)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    keys = [k for k in ("test_f1_macro", "test_f1_example", "conflict_share", "studies_per_s") if k in summary]
+    print(json.dumps({k: round(summary[k], 4) for k in keys}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
