@@ -308,7 +308,7 @@ def format_table(res: dict[str, Any], metrics: Sequence[str] = ("test_f1_macro",
 
 def bench(config: str, methods: Sequence[str] = ("ls_plain", "ls", "came", "pcgrad", "cagrad"), steps: int = 30,
           warmup: int = 5, overrides: dict[str, Any] | None = None, dataset: Any | None = None) -> dict[str, Any]:
-    """Median training-step time per method on this machine, one method after the other.
+    """Median training-step time per method on this machine, methods interleaved step by step.
 
     ``ls_plain`` is linear scalarization *without* the wrapper: one backward pass of the weighted
     loss sum, the same clip, AdamW. Every wrapped method (``ls`` included) does one backward pass
@@ -335,18 +335,25 @@ def bench(config: str, methods: Sequence[str] = ("ls_plain", "ls", "came", "pcgr
     out: dict[str, Any] = {"config": config, "batch_size": cfg.batch_size, "steps": steps, "warmup": warmup,
                            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                            "threads": torch.get_num_threads(), "bf16": use_bf16, "methods": {}}
+    # Build every method's model and optimizer first, then time them *interleaved*: each round
+    # runs one step of every method (in a rotating order), so a load spike or clock change on a
+    # shared machine hits all methods alike instead of one method's whole block.
+    runs = {}
     for m in methods:
         torch.manual_seed(0)
         mcfg = ModelConfig.preset(cfg.model, len(tok), image_size=cfg.image_size, pad_id=tok.pad_id, bos_id=tok.bos_id,
                                   eos_id=tok.eos_id, **cfg.model_overrides)
         model = ReportGenerator(mcfg).to(device)
         mc = T.get_config(config, **{**over, "method": "ls" if m == "ls_plain" else m})
-        opt = T.build_optimizer(model, mc)
-        base = opt.optimizer
-        g = torch.Generator().manual_seed(0)
-        times = []
-        for i in range(warmup + steps):
-            idx = torch.randperm(len(tr), generator=g)[: cfg.batch_size].to(device)
+        runs[m] = (model, mc, T.build_optimizer(model, mc))
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    g = torch.Generator().manual_seed(0)
+    order = list(methods)
+    for i in range(warmup + steps):
+        idx = torch.randperm(len(tr), generator=g)[: cfg.batch_size].to(device)  # same batch for all
+        order = order[1:] + order[:1]
+        for m in order:
+            model, mc, opt = runs[m]
             sync()
             t0 = time.perf_counter()
             images = T.augment(tr.images[idx], mc)
@@ -354,17 +361,18 @@ def bench(config: str, methods: Sequence[str] = ("ls_plain", "ls", "came", "pcgr
                 losses = model.losses(images, tr.tokens[idx], tr.targets[idx], tr.labels[idx],
                                       label_smoothing=mc.label_smoothing)
             if m == "ls_plain":
-                base.zero_grad(set_to_none=True)
+                opt.optimizer.zero_grad(set_to_none=True)
                 (mc.task_weights[0] * losses["report"] + mc.task_weights[1] * losses["cls"]).backward()
                 if mc.max_grad_norm:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), mc.max_grad_norm)
-                base.step()
+                opt.optimizer.step()
             else:
                 opt.step([losses["report"], losses["cls"]], task_weights=list(mc.task_weights))
             sync()
             if i >= warmup:
-                times.append(time.perf_counter() - t0)
-        med = float(np.median(times))
+                times[m].append(time.perf_counter() - t0)
+    for m in methods:
+        med = float(np.median(times[m]))
         out["methods"][m] = {"median_step_s": med, "studies_per_s": cfg.batch_size / med}
     ref = out["methods"].get("ls_plain") or out["methods"].get("ls")
     for v in out["methods"].values():
