@@ -1,0 +1,174 @@
+"""Figures for chapter 5 (experiments on test problems): seed bands, end points, sensitivity curves.
+
+Every builder takes an optional matplotlib ``Axes`` and returns the ``Axes`` it drew on. Spread
+over seeds is always drawn as mean ± one sample standard deviation (ddof=1), the same statistic
+the chapter prints, so the figures and the tables agree. Methods keep one colour everywhere
+(:data:`METHOD_COLORS`; unknown labels cycle through the default palette).
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.axes import Axes
+
+from .pareto import plot_landscape
+
+__all__ = ["METHOD_COLORS", "method_color", "plot_bands", "plot_endpoints", "plot_positions",
+           "plot_sensitivity"]
+
+METHOD_COLORS = {
+    "LS": "black",
+    "PCGrad": "tab:purple",
+    "MGDA": "tab:green",
+    "CAGrad": "tab:brown",
+    "CAME-Grad": "tab:red",
+}
+_CYCLE = ("tab:blue", "tab:orange", "tab:cyan", "tab:olive", "tab:pink", "tab:gray")
+
+
+def method_color(label: str, index: int = 0) -> str:
+    """The colour of a method's label (fixed for the five methods, cycled otherwise)."""
+    return METHOD_COLORS.get(label, _CYCLE[index % len(_CYCLE)])
+
+
+def _axes(ax: Axes | None, figsize=(5.0, 3.2)) -> Axes:
+    if ax is None:
+        _, ax = plt.subplots(figsize=figsize, dpi=80)
+    return ax
+
+
+def plot_bands(curves: Mapping[str, np.ndarray], ax: Axes | None = None, *, ylabel: str = "metric",
+               log: bool = False, every: int = 1, smooth: int = 1, title: str | None = None) -> Axes:
+    """Mean ± sd over seeds of a per-step metric, one band per method.
+
+    Args:
+        curves: ``label -> (S, K)`` array (seeds by steps), S >= 2.
+        ax: Axes to draw on (a new figure if None).
+        ylabel: Y-axis label.
+        log: Log-scale y axis (the band's lower edge is clipped to stay positive).
+        every: Plot every ``every``-th step (keeps the stored figure small).
+        smooth: Moving-average window (in steps) applied to each seed's curve before the
+            statistics; a noisy metric then shows where a method hovers rather than every jolt.
+            The x value of a window is its last step.
+        title: Optional title.
+    """
+    if not curves:
+        raise ValueError("curves must not be empty")
+    if int(smooth) != smooth or smooth < 1:
+        raise ValueError(f"smooth must be a positive integer, got {smooth}")
+    ax = _axes(ax)
+    for i, (label, values) in enumerate(curves.items()):
+        v = np.asarray(values, dtype=float)
+        if v.ndim != 2 or v.shape[0] < 2 or v.shape[1] < smooth:
+            raise ValueError(f"curves[{label!r}] must have shape (seeds >= 2, steps >= smooth), got {v.shape}")
+        if smooth > 1:
+            c = np.cumsum(np.pad(v, ((0, 0), (1, 0))), axis=1)
+            v = (c[:, smooth:] - c[:, :-smooth]) / smooth
+        k = (np.arange(v.shape[1]) + smooth - 1)[::every]
+        m, s = v.mean(0)[::every], v.std(0, ddof=1)[::every]
+        lo = np.maximum(m - s, 1e-6 if log else -np.inf)
+        c = method_color(label, i)
+        ax.plot(k, m, color=c, lw=1.4, label=label)
+        ax.fill_between(k, lo, m + s, color=c, alpha=0.18, lw=0)
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend(fontsize=7, ncol=2)
+    return ax
+
+
+def plot_endpoints(problem, xs: Mapping[str, np.ndarray], ax: Axes | None = None, *,
+                   xlim=(-2.0, 2.0), ylim=(-2.0, 2.0), trajectory_seed: int = 0) -> Axes:
+    """The problem's landscape, one trajectory per method (seed ``trajectory_seed``) and every
+    seed's last iterate (dots).
+
+    Args:
+        problem: A two-task problem from :mod:`camegrad_mini.problems`.
+        xs: ``label -> (S, K + 1, 2)`` iterates (e.g. ``Run.xs``).
+        ax: Axes (new figure if None).
+        xlim, ylim: Plot window.
+        trajectory_seed: Which seed's path to draw.
+    """
+    if not xs:
+        raise ValueError("xs must not be empty")
+    ax = _axes(ax, figsize=(4.6, 4.2))
+    plot_landscape(problem, ax=ax, xlim=xlim, ylim=ylim, n=81, legend=False)
+    for i, (label, path) in enumerate(xs.items()):
+        p = np.asarray(path, dtype=float)
+        if p.ndim != 3 or p.shape[-1] != 2 or not 0 <= trajectory_seed < p.shape[0]:
+            raise ValueError(f"xs[{label!r}] must be (S, K+1, 2) with seed {trajectory_seed} in range, got {p.shape}")
+        c = method_color(label, i)
+        ax.plot(p[trajectory_seed, :, 0], p[trajectory_seed, :, 1], color=c, lw=0.8, alpha=0.8)
+        ax.plot(p[:, -1, 0], p[:, -1, 1], "o", color=c, ms=4, mec="white", mew=0.4, label=label)
+    ax.plot(*np.asarray(next(iter(xs.values())))[trajectory_seed, 0], "k*", ms=9, label="start")
+    ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
+    return ax
+
+
+def plot_positions(positions: Mapping[str, np.ndarray], ax: Axes | None = None, *,
+                   title: str | None = None, middle: tuple[float, float] = (0.25, 0.75)) -> Axes:
+    """Where each method ends along the Pareto set: one row of dots (one per seed) per method.
+
+    Args:
+        positions: ``label -> (S,)`` positions in [0, 1] (0 = task 0's end, 1 = task 1's end).
+        ax: Axes (new figure if None).
+        title: Optional title.
+        middle: The interval shaded as "the middle of the front".
+    """
+    if not positions:
+        raise ValueError("positions must not be empty")
+    ax = _axes(ax, figsize=(5.0, 2.6))
+    ax.axvspan(*middle, color="0.9", zorder=0)
+    labels = list(positions)
+    rng = np.random.default_rng(0)  # fixed vertical jitter, so that the figure is reproducible
+    for i, label in enumerate(labels):
+        p = np.asarray(positions[label], dtype=float).reshape(-1)
+        y = i + rng.uniform(-0.15, 0.15, p.size)
+        ax.plot(p, y, "o", color=method_color(label, i), ms=4, alpha=0.8)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_ylim(-0.6, len(labels) - 0.4)
+    ax.invert_yaxis()
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_xlabel("position along the Pareto set (0: task 0's optimum, 1: task 1's)")
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def plot_sensitivity(values: Sequence[float], curves: Mapping[str, np.ndarray], ax: Axes | None = None, *,
+                     xlabel: str = "hyperparameter", ylabel: str = "metric", default: float | None = None,
+                     log: bool = False) -> Axes:
+    """A metric against one hyperparameter, mean ± sd over seeds, the paper's default marked.
+
+    Args:
+        values: The hyperparameter grid, length G.
+        curves: ``label -> (G, S)`` per-seed metric at each grid value (e.g. one per base optimizer).
+        ax: Axes (new figure if None).
+        xlabel, ylabel: Axis labels.
+        default: The paper's default value, drawn as a dashed vertical line.
+        log: Log-scale y axis.
+    """
+    if not curves:
+        raise ValueError("curves must not be empty")
+    ax = _axes(ax, figsize=(3.6, 3.0))
+    x = np.asarray(values, dtype=float)
+    for i, (label, v) in enumerate(curves.items()):
+        v = np.asarray(v, dtype=float)
+        if v.shape[0] != x.size or v.ndim != 2 or v.shape[1] < 2:
+            raise ValueError(f"curves[{label!r}] must have shape ({x.size}, seeds >= 2), got {v.shape}")
+        m, s = v.mean(1), v.std(1, ddof=1)
+        c = _CYCLE[i % len(_CYCLE)]
+        ax.errorbar(x, m, yerr=s, color=c, marker="o", ms=4, capsize=3, lw=1.2, label=label)
+    if default is not None:
+        ax.axvline(default, color="0.4", ls="--", lw=1, label="paper default")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    return ax

@@ -1,0 +1,82 @@
+"""Tests for camegrad_mini.viz.experiments: each builder draws what it promises and checks its input."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+
+from camegrad_mini.problems import QuadraticPair  # noqa: E402
+from camegrad_mini.viz import experiments as VE  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")
+
+
+def test_method_colors_are_fixed_and_cycle_otherwise():
+    assert VE.method_color("CAME-Grad") == "tab:red"
+    assert VE.method_color("S1 only", 0) != VE.method_color("S1 only", 1)
+
+
+def test_plot_bands_draws_mean_lines_and_sd_bands():
+    gen = np.random.default_rng(0)
+    curves = {"LS": gen.random((4, 50)) + 1.0, "CAME-Grad": gen.random((4, 50)) + 2.0}
+    ax = VE.plot_bands(curves, ylabel="gap", log=True, every=5)
+    assert len(ax.lines) == 2
+    bands = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    assert len(bands) == 2
+    np.testing.assert_allclose(ax.lines[1].get_ydata(), curves["CAME-Grad"].mean(0)[::5])
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "gap"
+    with pytest.raises(ValueError, match="seeds"):
+        VE.plot_bands({"LS": np.ones((1, 5))})
+    with pytest.raises(ValueError, match="smooth"):
+        VE.plot_bands(curves, smooth=0)
+
+
+def test_plot_bands_smoothing_is_a_moving_average():
+    v = np.array([[0.0, 2.0, 4.0, 6.0], [2.0, 4.0, 6.0, 8.0]])
+    ax = VE.plot_bands({"LS": v}, smooth=2)
+    np.testing.assert_allclose(ax.lines[0].get_xdata(), [1, 2, 3])
+    np.testing.assert_allclose(ax.lines[0].get_ydata(), [2.0, 4.0, 6.0])
+    with pytest.raises(ValueError, match="empty"):
+        VE.plot_bands({})
+
+
+def test_plot_endpoints_draws_paths_and_last_iterates():
+    xs = {"LS": np.linspace([0.0, 1.0], [0.9, 0.0], 11)[None].repeat(3, 0),
+          "MGDA": np.linspace([0.0, 1.0], [0.0, 0.0], 11)[None].repeat(3, 0)}
+    ax = VE.plot_endpoints(QuadraticPair(), xs)
+    dots = [ln for ln in ax.lines if ln.get_label() in ("LS", "MGDA")]
+    assert len(dots) == 2
+    np.testing.assert_allclose(dots[0].get_xdata(), [0.9, 0.9, 0.9])
+    assert any(ln.get_label() == "start" for ln in ax.lines)
+    with pytest.raises(ValueError, match="seed"):
+        VE.plot_endpoints(QuadraticPair(), xs, trajectory_seed=5)
+
+
+def test_plot_positions_one_row_per_method():
+    pos = {"LS": np.array([0.99, 0.98]), "MGDA": np.array([0.4, 0.6]), "CAME-Grad": np.array([0.0, 1.0])}
+    ax = VE.plot_positions(pos, title="FF")
+    assert [t.get_text() for t in ax.get_yticklabels()] == list(pos)
+    np.testing.assert_allclose(ax.lines[1].get_xdata(), [0.4, 0.6])
+    assert ax.get_title() == "FF"
+    with pytest.raises(ValueError, match="empty"):
+        VE.plot_positions({})
+
+
+def test_plot_sensitivity_marks_the_default():
+    vals = [0.0, 0.5, 1.0]
+    curves = {"SGD": np.arange(12.0).reshape(3, 4), "Adam": np.ones((3, 4))}
+    ax = VE.plot_sensitivity(vals, curves, xlabel="rho", default=0.5)
+    assert ax.get_xlabel() == "rho"
+    dashed = [ln for ln in ax.lines if ln.get_linestyle() == "--"]
+    assert len(dashed) == 1 and dashed[0].get_xdata()[0] == 0.5
+    with pytest.raises(ValueError, match="shape"):
+        VE.plot_sensitivity(vals, {"SGD": np.ones((2, 4))})
