@@ -247,8 +247,11 @@ def test_mgda_is_min_norm_point_of_hull(j):
         pts = np.hstack([pts, np.zeros((len(pts), len(j) - 3))])
     best = np.min(np.linalg.norm(pts @ j, axis=1))
     assert np.linalg.norm(d) <= best + 1e-9 * math.sqrt(s2)
-    # direction at sum scale
-    assert np.allclose(F.combine(j, out.coefficients), len(j) * d)
+    # direction at sum scale; exactly 0 where the min-norm point is 0 up to rounding
+    if out.degenerate == "pareto_stationary":
+        assert not np.any(out.coefficients)
+    else:
+        assert np.allclose(F.combine(j, out.coefficients), len(j) * d)
 
 
 def test_mgda_two_task_closed_form():
@@ -413,3 +416,13 @@ def test_other_value_errors():
         F.cagrad(np.eye(2), c=-1.0)
     with pytest.raises(ValueError, match="method"):
         F.aggregate(torch.eye(2), "nash")
+
+
+def test_mgda_returns_exactly_zero_at_a_pareto_stationary_point():
+    """Opposite gradients: the min-norm point is 0 up to rounding; MGDA must return exactly 0 so
+    that Adam does not turn rounding noise into a full-size step (found by the chapter 4 author)."""
+    j = np.array([[1.0, 0.3], [-3.0, -0.9]], dtype=np.float32).astype(np.float64)
+    for w in ([1.0, 1.0], [0.2, 0.8]):
+        res = F.mgda(F.gram_matrix(j), w)
+        assert res.degenerate == "pareto_stationary"
+        assert np.array_equal(F.combine(j, res.coefficients), np.zeros(2))

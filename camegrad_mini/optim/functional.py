@@ -414,7 +414,9 @@ def mgda(gram: Any, task_weights: Any = None, *, zero_tol: float = DEFAULT_ZERO_
         return _result("mgda", np.zeros(t_count), w, g, alpha, "zero_gradients")
     alpha = min_norm_weights(h / s**2)
     degenerate = "pareto_stationary" if _qnorm(h, alpha) <= zero_tol * s else None
-    coef = t_count * alpha * w
+    # At a Pareto-stationary point the min-norm combination is rounding noise, not a direction;
+    # a scale-free base optimizer (Adam) would blow it up to a full step, so return exactly 0.
+    coef = np.zeros(t_count) if degenerate else t_count * alpha * w
     return _result("mgda", coef, w, g, alpha, degenerate)
 
 
