@@ -8,7 +8,7 @@ Every run is noisy multi-task descent on a 2-D two-task problem of
    gradients ``\hat g_i = g_i + xi_i``;
 2. a **method** turns the observed Gram matrix ``<\hat g_i, \hat g_j>`` and the task weights into
    coefficients ``c`` (one call per seed to the package's own aggregation functions in
-   :mod:`camegrad_mini.optim.functional`, so the runner measures exactly the code the optimizer
+   ``camegrad_mini.optim.functional``, so the runner measures exactly the code the optimizer
    wrapper uses), and the direction is ``d = sum_i c_i \hat g_i``;
 3. a **base optimizer** (plain :class:`SGD` or :class:`Adam`, vectorized over seeds) turns ``d``
    into a displacement, exactly as ``CAMEGrad`` writes ``d`` into ``.grad`` and steps the
@@ -108,7 +108,7 @@ def make_method(name: str, label: str | None = None, **kwargs: Any) -> Method:
     """Build a :class:`Method` from the package's aggregation functions.
 
     - ``"ls"``, ``"pcgrad"``, ``"mgda"``, ``"cagrad"``, ``"came"``: the functions of
-      :mod:`camegrad_mini.optim.functional` with ``kwargs`` (e.g. ``rho=0.5, kappa=1.5, nu=0.2``
+      ``camegrad_mini.optim.functional`` with ``kwargs`` (e.g. ``rho=0.5, kappa=1.5, nu=0.2``
       for ``"came"``, ``c=0.5`` for ``"cagrad"``);
     - ``"s1"``: stage S1 only, ``T u*`` from :func:`~camegrad_mini.optim.rectify` on the raw
       gradients (``kwargs``: ``rho``, default 0.5); T times u* puts it at the sum scale of the

@@ -202,7 +202,7 @@ def vector_sweep(thetas_deg=np.arange(90.0, 181.0, 5.0), dpi: int = 70, **fixed)
 def plot_dual_objective(pairs: Mapping[str, np.ndarray], rho: float = 0.5, n: int = 401):
     """The two-task dual of S1 along alpha = (t, 1 - t), with the package's minimiser marked.
 
-    F(t) = g_alpha . mu + rho |mu| |g_alpha| with g_alpha = t g_0 + (1 - t) g_1 (method note,
+    F(t) = <g_alpha, mu> + rho ||mu|| ||g_alpha|| with g_alpha = t g_0 + (1 - t) g_1 (method note,
     step 2), computed from the Gram matrix; the dot is ``rectify(gram, rho).alpha[0]``.
 
     Args:
