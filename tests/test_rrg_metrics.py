@@ -82,3 +82,15 @@ def test_normal_report_constant_is_the_one_chosen_on_r2gen_train():
     from camegrad_mini.rrg.text import clean_report
     ann = json.loads((Path(__file__).parents[1] / "data_samples" / "iu_xray" / "annotation.json").read_text())
     assert M.pick_normal_report([clean_report(e["report"]) for e in ann["train"]]) == M.NORMAL_REPORT
+
+
+def test_always_normal_floor_reads_labels_from_ce_refs():
+    """Text is scored against `refs`, clinical labels against `ce_refs` (the full reports)."""
+    refs = ["the lungs are clear ."] * 2
+    full = ["the lungs are clear . there is cardiomegaly .", "the lungs are clear ."]
+    plain = M.always_normal_floor(refs, report="the lungs are clear .", meteor=False)
+    split = M.always_normal_floor(refs, report="the lungs are clear .", meteor=False, ce_refs=full)
+    assert plain["text"] == split["text"]
+    assert split["ce"]["f1_example"] < plain["ce"]["f1_example"]
+    with pytest.raises(ValueError, match="ce_refs"):
+        M.always_normal_floor(refs, report="x", meteor=False, ce_refs=full[:1])

@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     tok = Tokenizer.fit(train_clean, clean=False)
     refs = r2gen_references(tok, cleaned)
     normal = pick_normal_report(train_clean)
-    floor = always_normal_floor(refs, report=normal, meteor=not a.no_meteor)
+    # text against R2Gen-decoded references, labels from the full cleaned reports (as the trainer does)
+    floor = always_normal_floor(refs, report=normal, meteor=not a.no_meteor, ce_refs=cleaned)
     t, ce = floor["text"], floor["ce"]
     print("\n## Always-normal floor (one constant report chosen on train by BLEU-4)\n")
     print(f"report: \"{normal}\"\n")

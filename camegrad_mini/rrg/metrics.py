@@ -187,14 +187,21 @@ def pick_normal_report(train_reports: Sequence[str], k: int = 40, max_refs: int 
 
 
 def always_normal_floor(refs: Sequence[str], *, report: str | None = None,
-                        train_reports: Sequence[str] | None = None, meteor: bool = True) -> dict:
+                        train_reports: Sequence[str] | None = None, meteor: bool = True,
+                        ce_refs: Sequence[str] | None = None) -> dict:
     """Text metrics and CE of one constant normal report for every study in ``refs``.
 
     The report is ``report`` if given, else :func:`pick_normal_report` on ``train_reports``, else
-    :data:`NORMAL_REPORT`.
+    :data:`NORMAL_REPORT`. ``ce_refs`` are the references the clinical labels are read from
+    (default ``refs``). The book's trainer scores text against R2Gen-decoded references
+    (:func:`r2gen_references`: truncated to 60 tokens) but labels the full cleaned reports, the
+    text the training labels came from; pass those as ``ce_refs`` to get the same floor.
     """
     if report is None:
         report = pick_normal_report(train_reports) if train_reports is not None else NORMAL_REPORT
     hyps = [report] * len(refs)
+    ce_refs = list(refs) if ce_refs is None else list(ce_refs)
+    if len(ce_refs) != len(refs):
+        raise ValueError(f"ce_refs has {len(ce_refs)} reports but refs has {len(refs)}")
     return {"report": report, "text": text_metrics(refs, hyps, meteor=meteor),
-            "ce": clinical_efficacy(list(refs), hyps)}
+            "ce": clinical_efficacy(ce_refs, hyps)}
