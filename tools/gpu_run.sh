@@ -33,6 +33,8 @@ n_runs=$(( $(wc -w <<<"$METHODS") * $(wc -w <<<"$SEEDS") ))
 JOBS="${CAMEGRAD_JOBS:-$n_runs}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
+# the image cache must be writable even where HOME is not
+export CAMEGRAD_MINI_CACHE="${CAMEGRAD_MINI_CACHE:-${TMPDIR:-/tmp}/camegrad_mini_cache}"
 start=$(date +%s)
 mkdir -p "$OUT"
 # checkpoints never leave the machine, even if a step below fails
