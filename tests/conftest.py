@@ -15,3 +15,19 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("book")
+
+
+# Figures: a non-interactive backend for every test, and no figure left open between tests
+# (the plot and widget builders create many).
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    yield
+    plt.close("all")

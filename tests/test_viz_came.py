@@ -1,22 +1,12 @@
 """Tests for camegrad_mini.viz.came: chapter 4's figures, widget and sweep."""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from camegrad_mini import came_demo as C  # noqa: E402
-from camegrad_mini.viz import came as V  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from camegrad_mini import came_demo as C
+from camegrad_mini.viz import came as V
 
 
 def _labelled(ax):

@@ -1,21 +1,11 @@
 """Tests for camegrad_mini.viz.dilemma: builders return what they promise, sweeps stay small."""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from camegrad_mini.viz import dilemma as V  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from camegrad_mini.viz import dilemma as V
 
 
 def _labelled(ax):

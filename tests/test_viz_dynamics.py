@@ -1,26 +1,15 @@
 """Tests for camegrad_mini.viz.dynamics: geometry of the ellipses and that each builder draws."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pytest
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from camegrad_mini import sde  # noqa: E402
-from camegrad_mini.problems import SharpFlatDoubleWell  # noqa: E402
-from camegrad_mini.viz import dynamics as vd  # noqa: E402
+from camegrad_mini import sde
+from camegrad_mini.problems import SharpFlatDoubleWell
+from camegrad_mini.viz import dynamics as vd
 
 H = np.array([[3.0, 0.8], [0.8, 1.5]])
 SIGMA = np.array([[1.0, 0.2], [0.2, 0.5]])
-
-
-@pytest.fixture(autouse=True)
-def _close():
-    yield
-    plt.close("all")
 
 
 def test_ellipse_points_lie_on_the_contour():

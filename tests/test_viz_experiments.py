@@ -1,23 +1,12 @@
 """Tests for camegrad_mini.viz.experiments: each builder draws what it promises and checks its input."""
 from __future__ import annotations
 
-import matplotlib
+import numpy as np
+import pytest
+from matplotlib.collections import PolyCollection
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.collections import PolyCollection  # noqa: E402
-
-from camegrad_mini.problems import QuadraticPair  # noqa: E402
-from camegrad_mini.viz import experiments as VE  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from camegrad_mini.problems import QuadraticPair
+from camegrad_mini.viz import experiments as VE
 
 
 def test_method_colors_are_fixed_and_cycle_otherwise():

@@ -1,26 +1,16 @@
 """Tests for camegrad_mini.viz.pareto: each builder returns the artists it promises, fast."""
 from __future__ import annotations
 
-import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.collections import QuadMesh
+from matplotlib.patches import Wedge
+from matplotlib.text import Annotation
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from matplotlib.collections import QuadMesh  # noqa: E402
-from matplotlib.patches import Wedge  # noqa: E402
-from matplotlib.text import Annotation  # noqa: E402
-
-from camegrad_mini import geometry as geo  # noqa: E402
-from camegrad_mini.problems import FonsecaFleming, QuadraticPair  # noqa: E402
-from camegrad_mini.viz import pareto  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
+from camegrad_mini import geometry as geo
+from camegrad_mini.problems import FonsecaFleming, QuadraticPair
+from camegrad_mini.viz import pareto
 
 
 def _wedges(ax):
