@@ -40,10 +40,11 @@ from .functional import (
     validate_came_hyperparameters,
 )
 from .simplex import SimplexSolution, min_norm_weights, minimize_on_segment, solve_simplex_dual
-from .wrapper import CAMEGrad, StepInfo
+from .wrapper import CAME_Grad, CAMEGrad, StepInfo
 
 __all__ = [
     "CAMEGrad",
+    "CAME_Grad",
     "StepInfo",
     "get_aggregator",
     "Aggregator",

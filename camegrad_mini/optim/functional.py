@@ -64,9 +64,12 @@ __all__ = [
     "validate_came_hyperparameters",
 ]
 
-#: Relative threshold under which a norm counts as zero (relative to the largest task-gradient
-#: norm). A float32 Gram matrix cannot resolve cancellations much finer than about 1e-3 of the
-#: gradient norm; exact cancellations (g_1 = -g_2) are caught exactly.
+#: Relative threshold for "this combination vanishes": ``||sum_i c_i g_i||`` counts as zero when it
+#: is at most ``zero_tol * sum_i |c_i| ||g_i||``, the norm the combination would have if nothing
+#: cancelled (:func:`_cancelled`). Measuring against the gradients that enter the combination, not
+#: the largest task gradient, keeps a small but genuine direction when task gradients differ in
+#: scale by many orders of magnitude. A float32 Gram matrix cannot resolve cancellations much
+#: finer than about 1e-3 of the gradient norm; exact cancellations (g_1 = -g_2) are caught exactly.
 DEFAULT_ZERO_TOL = 1e-6
 
 Basis = Literal["raw", "weighted"]
@@ -170,6 +173,16 @@ def _real(name: str, value: Any) -> float:
 def _qnorm(gram: np.ndarray, coef: np.ndarray) -> float:
     """Norm of sum_i coef_i g_i from the Gram matrix (clamped: rounding can make it -0)."""
     return math.sqrt(max(float(coef @ gram @ coef), 0.0))
+
+
+def _cancelled(gram: np.ndarray, coef: np.ndarray, zero_tol: float) -> bool:
+    """Whether ``sum_i coef_i g_i`` is zero up to cancellation error (see :data:`DEFAULT_ZERO_TOL`).
+
+    Rounding in ``coef @ gram @ coef`` is relative to ``(sum_i |coef_i| ||g_i||)**2``, so this is
+    the unit a norm must be compared with; a combination of gradients that are all zero is zero.
+    """
+    uncancelled = float(np.abs(coef) @ np.sqrt(np.maximum(np.diag(gram), 0.0)))
+    return _qnorm(gram, coef) <= zero_tol * uncancelled
 
 
 def _scale(gram: np.ndarray) -> float:
@@ -399,7 +412,7 @@ def mgda(gram: Any, task_weights: Any = None, *, zero_tol: float = DEFAULT_ZERO_
     Args:
         gram: Raw (T, T) Gram matrix.
         task_weights: omega; None means all ones.
-        zero_tol: Relative tolerance for calling the min-norm point zero.
+        zero_tol: Relative tolerance for calling the min-norm point zero (:data:`DEFAULT_ZERO_TOL`).
 
     Returns:
         An :class:`AggregationResult` whose ``alpha`` is the min-norm weights.
@@ -413,7 +426,7 @@ def mgda(gram: Any, task_weights: Any = None, *, zero_tol: float = DEFAULT_ZERO_
         alpha = np.full(t_count, 1.0 / t_count)
         return _result("mgda", np.zeros(t_count), w, g, alpha, "zero_gradients")
     alpha = min_norm_weights(h / s**2)
-    degenerate = "pareto_stationary" if _qnorm(h, alpha) <= zero_tol * s else None
+    degenerate = "pareto_stationary" if _cancelled(h, alpha, zero_tol) else None
     # At a Pareto-stationary point the min-norm combination is rounding noise, not a direction;
     # a scale-free base optimizer (Adam) would blow it up to a full step, so return exactly 0.
     coef = np.zeros(t_count) if degenerate else t_count * alpha * w
@@ -456,7 +469,9 @@ def rectify(
     Args:
         gram: (T, T) Gram matrix of the gradients to rectify.
         rho: Trust-region radius factor, >= 0 (CAME-Grad requires rho < 1; CAGrad's c may exceed 1).
-        zero_tol: Relative tolerance (to the largest gradient norm) for calling a norm zero.
+        zero_tol: Relative tolerance for calling mu or g_alpha* zero: relative to the norm the
+            combination would have without cancellation (:data:`DEFAULT_ZERO_TOL`), so a small
+            task gradient's genuine direction is never dropped.
         max_iter: Solver iteration cap (three or more tasks).
         tol: Solver tolerance.
 
@@ -480,7 +495,7 @@ def _rectify(g: np.ndarray, rho: float, zero_tol: float, max_iter: int, tol: flo
         return RectifyResult(m, np.zeros(t_count), uniform, 0.0, zero, "zero_gradients", 0)
     gn = g / s**2  # unit scale: the dual's minimiser is invariant to this
     mu_norm_n = _qnorm(gn, m)
-    if mu_norm_n <= zero_tol:
+    if _cancelled(gn, m, zero_tol):
         # Treat mu as exactly 0 (u* = 0) so that S2 does not blow rounding noise up to full norm.
         norms = {"mu": mu_norm_n * s, "g_alpha": float("nan"), "u_star": 0.0}
         return RectifyResult(m, np.zeros(t_count), uniform, 0.0, norms, "mu_zero", 0)
@@ -489,7 +504,7 @@ def _rectify(g: np.ndarray, rho: float, zero_tol: float, max_iter: int, tol: flo
     alpha = sol.alpha
     ga_norm_n = _qnorm(gn, alpha)
     degenerate = None
-    if ga_norm_n <= zero_tol:
+    if _cancelled(gn, alpha, zero_tol):
         u = m.copy()
         if rho > 0:
             degenerate = "g_alpha_zero"
@@ -607,7 +622,7 @@ def came_grad(
         eps_mode: ``"relative"`` or ``"absolute"``.
         rectify_on: ``"raw"`` or ``"weighted"`` gradients in S1.
         allow_kappa_below_one: Permit 0 < kappa < 1.
-        zero_tol: Relative tolerance for degenerate norms.
+        zero_tol: Relative tolerance for degenerate norms (:data:`DEFAULT_ZERO_TOL`).
         max_iter: Solver iteration cap (three or more tasks).
         tol: Solver tolerance.
 
@@ -637,7 +652,7 @@ def came_grad(
     coef = fuse(u_en, g_joint, kappa, nu)
     degenerate = rect.degenerate
     s = _scale(g)
-    if degenerate is None and g_joint_norm <= zero_tol * s and s > 0:
+    if degenerate is None and s > 0 and _cancelled(g, g_joint, zero_tol):
         degenerate = "g_joint_zero"
     if degenerate is None and t_count == 1:
         degenerate = "single_task"
@@ -687,7 +702,7 @@ def cagrad(
         task_weights: omega; None means all ones.
         c: Conflict-aversion radius, >= 0.
         rescale: 0, 1 or 2 (see above).
-        zero_tol: Relative tolerance for degenerate norms.
+        zero_tol: Relative tolerance for degenerate norms (:data:`DEFAULT_ZERO_TOL`).
         max_iter: Solver iteration cap (three or more tasks).
         tol: Solver tolerance.
 

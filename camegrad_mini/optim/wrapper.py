@@ -19,7 +19,7 @@ from . import functional as F
 from .aggregators import CAME, Aggregator, CAGrad, PCGrad, get_aggregator
 from .functional import AggregationResult
 
-__all__ = ["CAMEGrad", "StepInfo"]
+__all__ = ["CAMEGrad", "CAME_Grad", "StepInfo"]
 
 SharedMode = Literal["auto", "all"]
 
@@ -101,6 +101,38 @@ def _weighted(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
         return gram * np.outer(weights, weights)
 
 
+def _gram_is_trustworthy(gram: np.ndarray, tasks: set[int]) -> bool:
+    """Whether a Gram matrix computed in float32 can be used as it is.
+
+    It cannot when a diagonal entry (a squared norm) overflowed, or when a task that reaches
+    the shared parameters has a squared norm below 2**-80: its entries' squares were then
+    subnormal or flushed to zero in float32 and the matrix has lost its relative precision.
+    """
+    diag = np.diag(gram)
+    if not np.all(np.isfinite(diag)):
+        return False
+    return all(diag[i] >= 2.0**-80 for i in tasks)
+
+
+def _clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> tuple[float, float]:
+    """Scale ``grads`` in place to total norm ``max_norm`` if larger (``clip_grad_norm_``'s rule).
+
+    Returns the total norm before clipping and the factor applied. Unlike torch's float32 total,
+    which overflows for gradient entries near 1e19 and then leaves the gradients unclipped, the
+    norm is redone in float64 when the fast one is not finite.
+    """
+    if not grads:
+        return 0.0, 1.0
+    total = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double()))
+    if not math.isfinite(total):
+        total = float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])))
+    coef = min(1.0, max_norm / (total + 1e-6)) if math.isfinite(total) else 1.0
+    if coef < 1.0:
+        torch._foreach_mul_(grads, coef)
+    return total, coef
+
+
 def _is_low_precision(t: torch.Tensor) -> bool:
     return t.dtype not in (torch.float32, torch.float64)
 
@@ -169,7 +201,8 @@ class CAMEGrad(torch.optim.Optimizer):
             GradScaler the scaler's own skip logic is used instead. NaN or inf is never written
             into parameters.
         max_grad_norm: If set, the final ``.grad`` of all parameters is clipped to this total
-            norm (``torch.nn.utils.clip_grad_norm_``), identically for every method.
+            norm (``torch.nn.utils.clip_grad_norm_``'s rule, with a total norm that cannot
+            overflow), identically for every method.
         eps: S2's epsilon (**[open]**).
         eps_mode: ``"relative"`` (default: eps times the largest task-gradient norm, scale free)
             or ``"absolute"``.
@@ -497,15 +530,21 @@ class CAMEGrad(torch.optim.Optimizer):
                 multi.append((p, reach, gs))
         return shared, single, multi
 
-    def _gram(self, shared, device) -> torch.Tensor:
-        """Gram matrix of the task gradients on the shared parameters, float64 on ``device``."""
+    def _gram(self, shared, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """Gram matrix of the task gradients on the shared parameters, float64 on ``device``.
+
+        Dot products run in ``dtype`` (at least the gradients' own precision). float32 is fast
+        but not scale-safe: squares overflow for entries near 1e19 and underflow below about
+        1e-19; :meth:`_aggregate_and_step` checks the result with :func:`_gram_is_trustworthy`
+        and redoes it in float64, which holds the square of every float32 number.
+        """
         t_count = self._num_tasks
         gram = torch.zeros(t_count, t_count, dtype=torch.float64, device=device)
         pair_dots = []
         for p, reach, gs in shared:
             vecs = [gs[i].reshape(-1) for i in reach]
-            if _is_low_precision(vecs[0]):
-                vecs = [v.float() for v in vecs]
+            if vecs[0].dtype != dtype and vecs[0].dtype != torch.float64:
+                vecs = [v.to(dtype) for v in vecs]
             if t_count == 2 and len(reach) == 2:
                 a, b = vecs
                 pair_dots.append(torch.stack([torch.dot(a, a), torch.dot(a, b), torch.dot(b, b)]))
@@ -581,11 +620,12 @@ class CAMEGrad(torch.optim.Optimizer):
             if id(p) not in reached:
                 p.grad = None
 
-    def _write_weighted_sum(self, weights: np.ndarray) -> None:
-        """Write the plain LS gradient sum_i omega_i g_i into every reached parameter."""
-        t_count = self._num_tasks
-        for p, gs in self._buffers.items():
-            p.grad = self._weighted_sum(gs, [i for i in range(t_count) if gs[i] is not None], weights)
+    def _write_skip_signal(self) -> None:
+        """Leave one non-finite ``.grad`` and no other: what a GradScaler reads as "skip this step"."""
+        params = self._trainable_params()
+        for p in params:
+            p.grad = None
+        params[0].grad = torch.full_like(params[0], math.inf)
 
     @staticmethod
     def _weighted_sum(gs, reach, coef) -> torch.Tensor:
@@ -603,17 +643,20 @@ class CAMEGrad(torch.optim.Optimizer):
         device = any_grad.device if any_grad is not None else self._loss_sum.device
 
         gram_t = self._gram(shared, device)
-        # One host transfer for the Gram matrix, the non-shared gradient norms and the losses.
+        # One host transfer for the Gram matrix, the non-shared gradients' largest entries (a
+        # finiteness check that cannot overflow, unlike a norm) and the losses.
         ns_grads = [g for _, _, g in single] + [gs[i] for _, reach, gs in multi for i in reach]
         ns_tasks = [i for _, i, _ in single] + [i for _, reach, _ in multi for i in reach]
         pieces = [gram_t.reshape(-1), self._loss_sum.to(device, torch.float64)]
         if ns_grads:
-            norms = torch._foreach_norm([g.float() if _is_low_precision(g) else g for g in ns_grads])
+            norms = torch._foreach_norm([g.float() if _is_low_precision(g) else g for g in ns_grads], ord=math.inf)
             pieces.append(torch.stack(norms).to(torch.float64))
         host = torch.cat(pieces).cpu().numpy()
         gram = host[: t_count * t_count].reshape(t_count, t_count)
         losses = host[t_count * t_count : t_count * t_count + t_count]
         ns_norms = host[t_count * t_count + t_count :]
+        if not _gram_is_trustworthy(gram, {i for _, reach, _ in shared for i in reach}):
+            gram = self._gram(shared, device, torch.float64).cpu().numpy()
         grad_scale = float(scaler.get_scale()) if scaler is not None else None
         if grad_scale:
             gram = gram / grad_scale**2
@@ -658,9 +701,11 @@ class CAMEGrad(torch.optim.Optimizer):
         if bad:
             reason = f"non-finite loss or gradient in task(s) {sorted(bad)}"
             if scaler is not None:
-                # Hand the (non-finite) weighted sum to the scaler: scaler.step() skips the update
-                # and the caller's scaler.update() lowers the scale, as in a single-loss AMP loop.
-                self._write_weighted_sum(weights)
+                # Let the scaler see the overflow, so that scaler.step() skips the update and the
+                # caller's scaler.update() lowers the scale, as in a single-loss AMP loop. The
+                # gradients themselves may be finite (a non-finite loss with a finite gradient),
+                # so hand it one gradient that is not, rather than trusting them to be.
+                self._write_skip_signal()
                 scaler.step(self._base)
             elif self.nonfinite == "raise":
                 raise FloatingPointError(f"CAMEGrad.step: {reason}")
@@ -679,10 +724,8 @@ class CAMEGrad(torch.optim.Optimizer):
         if self.max_grad_norm is not None:
             if scaler is not None:
                 scaler.unscale_(self._base)
-            with_grad = [p for p in self._trainable_params() if p.grad is not None]
-            total = float(torch.nn.utils.clip_grad_norm_(with_grad, self.max_grad_norm))
-            grad_norm = total
-            clip_coef = min(1.0, self.max_grad_norm / (total + 1e-6))
+            with_grad = [p.grad for p in self._trainable_params() if p.grad is not None]
+            grad_norm, clip_coef = _clip_grad_norm_(with_grad, self.max_grad_norm)
         if scaler is not None:
             scaler.step(self._base)
         else:
@@ -730,3 +773,8 @@ class CAMEGrad(torch.optim.Optimizer):
         self.nonfinite = own.get("nonfinite", self.nonfinite)
         self.max_grad_norm = own.get("max_grad_norm", self.max_grad_norm)
         self._clear_pending()
+
+
+#: The official trainer's name for the optimizer (``from ... import CAME_Grad``, method note,
+#: Interface), so that its code runs unchanged against this package.
+CAME_Grad = CAMEGrad
