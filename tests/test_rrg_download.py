@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,11 @@ def mirror(tmp_path):
     m = tmp_path / "mirror"
     m.mkdir()
     shutil.copy(SAMPLES / "NLMCXR_reports.tgz", m)
-    (m / "NLMCXR_png.tgz").write_bytes(b"fake image archive " * 1000)
+    # a real (tiny) .tgz: the downloader reads an archive without a known checksum to its end
+    with tarfile.open(m / "NLMCXR_png.tgz", "w:gz") as tar:
+        info = tarfile.TarInfo("CXR1_IM-0001-1001.png")
+        info.size = len(fake := b"fake image " * 1000)
+        tar.addfile(info, io.BytesIO(fake))
     return m
 
 

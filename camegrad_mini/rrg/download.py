@@ -3,13 +3,18 @@
 ``python -m camegrad_mini.rrg.download --out data/iu_xray_raw`` fetches
 
 * ``NLMCXR_reports.tgz`` (1.1 MB; 3,955 report XMLs), checked against its known size and sha256;
-* ``NLMCXR_png.tgz`` (about 1.3 GB; 7,470 PNGs), checked against the server's Content-Length
-  (Open-i publishes no checksum; pass ``--sha256-png`` if you have one).
+* ``NLMCXR_png.tgz`` (about 1.3 GB; 7,470 PNGs), checked against the server's Content-Length and
+  read through to its end (Open-i publishes no checksum; pass ``--sha256-png`` if you have one).
 
 Each file is streamed into ``<name>.part`` with a tqdm progress bar; an interrupted download
 resumes from the bytes already there (HTTP ``Range``; a server that ignores it makes us start
 over). Only a verified file is moved to its final name with ``os.replace``, so a half-written
-archive never looks complete. ``file://`` URLs work the same way (the tests use a local mirror).
+archive never looks complete: a ``.tgz`` without a known sha256 must read to its end (a server
+that sends no length and drops the connection otherwise looks like a clean end). The size and
+sha256 of such a file are recorded in ``<name>.verified.json``; a later run checks the file it
+finds against that record (or reads an unrecorded ``.tgz`` through) instead of trusting that it
+exists, and a file that fails is left alone, with an error saying to remove it.
+``file://`` URLs work the same way (the tests use a local mirror).
 Then convert the archives: ``python -m camegrad_mini.rrg.prepare --layout openi --src ... --out ...``.
 
 ``python -m camegrad_mini.rrg.download --samples`` instead fetches the book's own small
@@ -19,12 +24,17 @@ installed version's tag, for installs without a clone (Colab); ``load_iu_xray()`
 from __future__ import annotations
 
 import argparse
+import gzip
 import hashlib
+import http.client
+import json
 import os
-import socket
+import ssl
 import sys
+import tarfile
 import urllib.error
 import urllib.request
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -81,12 +91,78 @@ class DownloadResult:
     skipped: bool
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
+# Written next to each finished file without a known checksum: what was downloaded (size, sha256, from where). Open-i
+# publishes no checksum for the PNG archive, so this record is the only way a later run can tell
+# the file it finds is still the one that was verified, rather than trusting that it exists.
+RECORD_SUFFIX = ".verified.json"
+
+
+def _record_path(dest: Path) -> Path:
+    return dest.with_name(dest.name + RECORD_SUFFIX)
+
+
+def _read_record(dest: Path) -> dict | None:
+    try:
+        record = json.loads(_record_path(dest).read_text())
+        return record if isinstance(record, dict) else None
+    except (OSError, ValueError):
+        return None  # no (readable) record: the file is checked as if it had none
+
+
+def _write_record(dest: Path, size: int, sha256: str, url: str | None) -> None:
+    record = _record_path(dest)
+    tmp = record.with_name(record.name + ".tmp")
+    tmp.write_text(json.dumps({"name": dest.name, "size": size, "sha256": sha256, "url": url}, indent=1) + "\n")
+    os.replace(tmp, record)
+
+
+def _is_tgz(name: str) -> bool:
+    return name.endswith((".tgz", ".tar.gz"))
+
+
+class _BadArchive(Exception):
+    """A .tgz that does not read to its end; ``truncated`` when it merely ends early (resumable)."""
+
+    def __init__(self, reason: str, truncated: bool):
+        super().__init__(reason)
+        self.reason, self.truncated = reason, truncated
+
+
+class _HashingReader:
+    """A file wrapper that hashes every byte read, so the archive check and the sha256 share one pass."""
+
+    def __init__(self, f):
+        self.f, self.h = f, hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        block = self.f.read(n)
+        self.h.update(block)
+        return block
+
+
+def _digest(path: Path, *, archive: bool = False) -> str:
+    """sha256 of ``path``. With ``archive``, also read it as a .tgz to the end (tar members and the
+    gzip trailer's CRC and length) in the same streaming pass, raising :class:`_BadArchive`: a
+    download cut short without an error (no Content-Length) is a valid-looking gzip prefix."""
     with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        reader = _HashingReader(f)
+        if archive:
+            try:
+                with gzip.GzipFile(fileobj=reader) as gz:
+                    with tarfile.open(fileobj=gz, mode="r|") as tar:
+                        for member in tar:
+                            data = tar.extractfile(member)
+                            while data is not None and data.read(1 << 20):
+                                pass
+                    while gz.read(1 << 20):  # past tar's end marker, up to the gzip trailer
+                        pass
+            except EOFError as e:  # the gzip stream stops before its end marker
+                raise _BadArchive("the gzip stream ends before its end marker", truncated=True) from e
+            except (tarfile.TarError, OSError, zlib.error) as e:  # not gzip, bad CRC, not a tar
+                raise _BadArchive(f"not a valid .tgz: {e}", truncated=False) from e
+        while reader.read(1 << 20):
+            pass
+    return reader.h.hexdigest()
 
 
 def _open(url: str, offset: int, timeout: float):
@@ -96,7 +172,10 @@ def _open(url: str, offset: int, timeout: float):
         path = Path(url2pathname(parsed.path))
         if not path.is_file():
             raise DownloadError(f"{url}: no such file in the mirror")
-        f = path.open("rb")
+        try:
+            f = path.open("rb")
+        except OSError as e:
+            raise DownloadError(f"{url}: cannot read the mirror's file ({e})") from e
         size = path.stat().st_size
         f.seek(min(offset, size))
         return f, size, min(offset, size)
@@ -111,27 +190,80 @@ def _open(url: str, offset: int, timeout: float):
     return resp, (int(length) if length else None), 0  # server ignored Range: start over
 
 
+def _open_error(url: str, e: Exception, timeout: float) -> str:
+    """What went wrong opening ``url``, in words: only an unreachable host means "offline"; an
+    HTTP status means the host answered, so the user needs the status and URL, not their wifi."""
+    host = urlparse(url).netloc or "the mirror"
+    if isinstance(e, urllib.error.HTTPError):
+        if e.code == 404:
+            return f"{Path(urlparse(url).path).name or 'file'} not found at {url} (HTTP 404); check --base-url"
+        if e.code >= 500:
+            return f"server error at {url} (HTTP {e.code} {e.reason}); the server has a problem, try again later"
+        return f"{url} was refused by the server (HTTP {e.code} {e.reason})"
+    reason = e.reason if isinstance(e, urllib.error.URLError) else e
+    if isinstance(reason, ssl.SSLError):
+        return f"no secure connection to {host} ({reason}); check the system's certificates and proxy settings"
+    if isinstance(e, urllib.error.URLError) and isinstance(reason, OSError):  # DNS, refused, connect timeout
+        return (f"cannot reach {host} ({reason}). Are you offline? This needs internet access to {host}")
+    if isinstance(reason, TimeoutError):
+        return f"{host} did not answer within {timeout:g} s ({url}); try again later"
+    if isinstance(e, urllib.error.URLError):
+        return f"could not open {url} ({reason})"
+    return f"the connection to {host} broke before {url} started ({type(e).__name__}: {e}); try again"
+
+
+def _refuse(dest: Path, why: str) -> DownloadError:
+    """An existing file that fails verification: we cannot vouch for it, so it is never replaced silently."""
+    return DownloadError(f"{dest} is already there but {why}; it was left untouched: remove it (or move it "
+                         "away) and run the same command again to download it afresh")
+
+
+def _verified_existing(dest: Path, *, sha256: str | None, size: int | None) -> bool:
+    """True when ``dest`` is there and verified, False when it is absent; raise when it fails."""
+    if not dest.is_file():
+        return False
+    record = _read_record(dest)
+    origin = "expected" if sha256 is not None else f"recorded in {_record_path(dest).name}"
+    if sha256 is None and record is not None:
+        sha256, size = record.get("sha256"), size if size is not None else record.get("size")
+    n = dest.stat().st_size
+    if size is not None and n != size:
+        raise _refuse(dest, f"has {n} bytes, not the {size} {origin}")
+    if sha256 is None:
+        if not _is_tgz(dest.name):
+            return True  # nothing to check it against (e.g. the samples' README.md)
+        try:  # unrecorded (e.g. from an older version): a .tgz that reads to its end is complete
+            digest = _digest(dest, archive=True)
+        except _BadArchive as e:
+            raise _refuse(dest, f"is {'truncated' if e.truncated else 'damaged'} ({e.reason})") from e
+        try:
+            _write_record(dest, n, digest, None)
+        except OSError:
+            pass  # a read-only data folder: verified now, just not remembered
+        return True
+    digest = _digest(dest)
+    if digest != sha256:
+        raise _refuse(dest, f"its sha256 {digest} differs from the {sha256} {origin}")
+    return True
+
+
 def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = None, size: int | None = None,
                   progress: bool = True, timeout: float = 30.0, chunk: int = 1 << 16) -> DownloadResult:
     """Fetch ``url`` into ``dest`` (module docstring). Raises :class:`DownloadError`."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    if dest.is_file() and (size is None or dest.stat().st_size == size) and (sha256 is None or _sha256(dest) == sha256):
+    if _verified_existing(dest, sha256=sha256, size=size):
         return DownloadResult(dest, 0, 0, True)
     offset = part.stat().st_size if part.is_file() else 0
     try:
         stream, total, offset = _open(url, offset, timeout)
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         if isinstance(e, urllib.error.HTTPError) and e.code == 416 and offset:
             part.unlink(missing_ok=True)  # our partial file is longer than the remote one: restart
-            return download_file(url, dest, sha256=sha256, size=size, progress=progress, timeout=timeout)
-        if isinstance(e, DownloadError):
-            raise
-        raise DownloadError(
-            f"could not download {url} ({e}). Are you offline? This needs internet access to "
-            f"{urlparse(url).netloc or 'the mirror'}; {'the partial file ' + str(part) + ' is kept and the next run resumes it' if offset else 'nothing was written'}."
-        ) from e
+            return download_file(url, dest, sha256=sha256, size=size, progress=progress, timeout=timeout, chunk=chunk)
+        kept = f"the partial file {part} is kept and the next run resumes it" if offset else "nothing was written"
+        raise DownloadError(f"{_open_error(url, e, timeout)}; {kept}.") from e
     if size is not None and total is not None and total != size:
         stream.close()
         raise DownloadError(f"{url} reports {total} bytes but {size} were expected; not downloading")
@@ -150,9 +282,11 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
                 got += len(block)
                 if bar is not None:
                     bar.update(len(block))
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
-        raise DownloadError(f"download of {url} interrupted ({e}); run the same command again to resume "
-                            f"from {part.stat().st_size} bytes") from e
+    # IncompleteRead (a chunked transfer that drops) is an HTTPException, not an OSError
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        why = "the connection closed mid-transfer" if isinstance(e, http.client.IncompleteRead) else f"{e}"
+        raise DownloadError(f"the download of {url} was interrupted ({why}); {part} keeps the "
+                            f"{part.stat().st_size} bytes received: run the same command again to resume") from e
     finally:
         if bar is not None:
             bar.close()
@@ -160,13 +294,23 @@ def download_file(url: str, dest: str | os.PathLike, *, sha256: str | None = Non
     expected = size if size is not None else total
     if expected is not None and n != expected:
         raise DownloadError(f"{part} has {n} bytes, expected {expected}; run the command again to resume")
-    if sha256 is not None:
-        digest = _sha256(part)
-        if digest != sha256:
-            part.unlink()
-            raise DownloadError(f"checksum mismatch for {dest.name}: sha256 {digest} != expected {sha256}; "
-                                "the corrupt file was deleted, run the command again")
+    try:  # a known checksum settles it; otherwise a .tgz must read to its end
+        digest = _digest(part, archive=sha256 is None and _is_tgz(dest.name))
+    except _BadArchive as e:
+        if e.truncated:
+            raise DownloadError(f"the download of {url} is truncated ({e.reason}; the connection probably "
+                                f"dropped); {part} keeps the {n} bytes received: run the same command "
+                                "again to resume") from e
+        part.unlink()
+        raise DownloadError(f"{url} did not deliver a valid archive ({e.reason}); the bad download was "
+                            "deleted: check --base-url and run the command again") from e
+    if sha256 is not None and digest != sha256:
+        part.unlink()
+        raise DownloadError(f"checksum mismatch for {dest.name}: sha256 {digest} != expected {sha256}; "
+                            "the corrupt file was deleted, run the command again")
     os.replace(part, dest)
+    if sha256 is None:  # a known checksum already identifies the file; otherwise remember this one's
+        _write_record(dest, n, digest, url)
     return DownloadResult(dest, got, offset, False)
 
 
