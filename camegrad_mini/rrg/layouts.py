@@ -25,9 +25,14 @@ unchanged (CC BY-NC-ND: no derivatives), view 0 is the first image of the report
 for the tabular export the frontal view), view 1 the second (the lateral one).
 
 Bad input is collected in a :class:`Problems` report by id and kind; in strict mode the first
-summary raises :class:`~camegrad_mini.rrg.paths.DataError`. Output folders are built under a
-temporary name and moved into place with ``os.replace``, so an interrupted or failed run leaves
-nothing half-written.
+summary raises :class:`~camegrad_mini.rrg.paths.DataError`; a run that finds no valid study at all
+raises it in any mode. Output folders are built in a temporary folder next to ``out``
+(``.<out name>.prepare-<pid>.tmp``, holding a marker file) and moved into place with
+``os.replace``, so a failed run leaves nothing half-written and a killed one leaves only that
+folder, which the next run for the same ``out`` removes once its process is gone. Before reading
+anything the converters refuse an ``out`` that could destroy data prepare did not write: one that
+is or holds the source or the current folder, a file, or (with ``overwrite``) a folder without
+prepare's ``prepare_info.json`` or with files prepare did not write.
 """
 from __future__ import annotations
 
@@ -36,11 +41,14 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
+import socket
 import tarfile
 import xml.etree.ElementTree as ET
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +67,11 @@ PROBLEM_KINDS = {
     "missing_image": "annotation ids without an image file",
     "unreadable_image": "unreadable images",
     "bad_row": "malformed CSV rows",
+    "bad_image_id": "image ids not of the form CXR<uid>_IM-<nnnn>-<mmmm>",
+    "duplicate_uid": "reports whose uId an earlier XML file already has (the first is kept)",
+    "duplicate_id": "studies whose id an earlier study already has (the first is kept)",
+    "bad_entry": "annotation entries without an id or a list of image paths",
+    "no_report": "annotation entries without a report",
 }
 
 
@@ -95,7 +108,8 @@ class Problems:
         if strict and bad:
             sub = Problems()
             sub.items.update(bad)
-            raise DataError(f"{context}: {sub.summary()} (strict mode; use strict=False to skip them)")
+            raise DataError(f"{context}: {sub.summary()} "
+                            f"(strict mode; drop --strict, or pass strict=False, to skip them)")
 
     def to_dict(self) -> dict[str, list[str]]:
         return {k: list(v) for k, v in self.items.items()}
@@ -162,13 +176,15 @@ def read_openi_reports(path: str | os.PathLike, problems: Problems | None = None
     """All reports of ``NLMCXR_reports.tgz`` (or an extracted ``ecgen-radiology/`` folder), by uid.
 
     Malformed XML files are recorded in ``problems`` (kind ``malformed_xml``, by file name) and
-    skipped. ``uids`` restricts parsing to those reports (the file name is ``<n>.xml``).
+    skipped; so is a second file with a uId seen before (kind ``duplicate_uid``, naming both files:
+    the first is kept). ``uids`` restricts parsing to those reports (the file name is ``<n>.xml``).
     """
     path = Path(path)
     if not path.exists():
         raise DataNotFoundError(f"{path} does not exist; fetch the Open-i reports with `{DOWNLOAD_CMD}`")
     problems = problems if problems is not None else Problems()
     out: dict[str, OpenIReport] = {}
+    first_file: dict[str, str] = {}
     wanted = {u[3:] if u.startswith("CXR") else u for u in uids} if uids is not None else None
     for name, data in _iter_report_files(path, wanted):
         stem = Path(name).stem
@@ -179,7 +195,11 @@ def read_openi_reports(path: str | os.PathLike, problems: Problems | None = None
         except ET.ParseError:
             problems.add("malformed_xml", Path(name).name)
             continue
+        if rep.uid in out:
+            problems.add("duplicate_uid", f"{rep.uid} ({Path(name).name} repeats {first_file[rep.uid]})")
+            continue
         out[rep.uid] = rep
+        first_file[rep.uid] = Path(name).name
     return out
 
 
@@ -199,6 +219,18 @@ def seeded_split(ids: Iterable[str], seed: int = 0, fractions: tuple[float, floa
     return out
 
 
+def _read_annotation(path: Path) -> dict:
+    """An R2Gen ``annotation.json`` as a dict of split -> list, or a ``DataError`` naming the file."""
+    try:
+        ann = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path} is not valid JSON ({e}); use R2Gen's annotation.json") from e
+    if not isinstance(ann, dict) or not any(k in ann for k in SPLITS) or \
+            not all(isinstance(ann.get(k, []), list) for k in SPLITS):
+        raise DataError(f"{path} must be an object with lists under the keys {SPLITS}, like R2Gen's annotation.json")
+    return ann
+
+
 def load_r2gen_split(annotation: str | os.PathLike | None = "auto") -> dict[str, str]:
     """uid -> split from an R2Gen ``annotation.json`` ("auto": the shipped one; None: none)."""
     if annotation is None:
@@ -208,14 +240,46 @@ def load_r2gen_split(annotation: str | os.PathLike | None = "auto") -> dict[str,
             annotation = data_samples_dir() / "annotation.json"
         except DataNotFoundError:
             return {}
-    ann = json.loads(Path(annotation).read_text(encoding="utf-8"))
-    return {uid_of(e["id"]): split for split in SPLITS for e in ann.get(split, [])}
+    path = Path(annotation).expanduser()
+    if not path.is_file():
+        raise DataNotFoundError(
+            f"annotation={str(path)!r} is not a file; pass R2Gen's annotation.json, `auto` for the "
+            f"shipped one, or `none` for a seeded 70/10/20 split")
+    ann = _read_annotation(path)
+    out = {}
+    for split in SPLITS:
+        for i, e in enumerate(ann.get(split, [])):
+            if not isinstance(e, dict) or not isinstance(e.get("id"), str):
+                raise DataError(f"{path}: entry {i} of {split!r} has no id; use R2Gen's annotation.json")
+            out[uid_of(e["id"])] = split
+    return out
+
+
+def _entry_problem(e: object, where: str) -> tuple[str, str] | None:
+    """Why an annotation entry cannot be used, as (problem kind, ident), or None. The id becomes a
+    folder name and the image paths are read below ``images/``, so neither may leave its folder."""
+    if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not e["id"]:
+        return "bad_entry", f"{where} (no id)"
+    sid = e["id"]
+    if sid in (".", "..") or "/" in sid or "\\" in sid:
+        return "bad_entry", f"{sid!r} (the id is not a folder name)"
+    paths = e.get("image_path")
+    if not isinstance(paths, list) or not paths:
+        return "bad_entry", f"{sid} (no image_path list)"
+    if not all(isinstance(p, str) and p and not Path(p).is_absolute() and ".." not in Path(p).parts
+               for p in paths):
+        return "bad_entry", f"{sid} (image_path must name files below images/)"
+    if not isinstance(e.get("report"), str) or not e["report"].strip():
+        return "no_report", sid
+    return None
 
 
 def read_r2gen(root: str | os.PathLike, problems: Problems | None = None,
                check_images: bool = True) -> dict[str, list[dict]]:
-    """Layout 1: ``annotation.json`` by split; entries whose image files are missing are dropped
-    and recorded (kind ``missing_image``, by study id) when ``check_images``."""
+    """Layout 1: ``annotation.json`` by split. Entries without an id or image paths (kind
+    ``bad_entry``), without a report (``no_report``), repeating an earlier id (``duplicate_id``)
+    or, when ``check_images``, with missing image files (``missing_image``) are dropped and
+    recorded by id."""
     root = Path(root)
     ann_path = root / "annotation.json"
     if not ann_path.is_file():
@@ -223,17 +287,21 @@ def read_r2gen(root: str | os.PathLike, problems: Problems | None = None,
             f"{ann_path} not found. Prepare an R2Gen-layout folder with "
             f"`python -m camegrad_mini.rrg.prepare --layout openi --src <raw> --out {root}` "
             f"(raw archives: `{DOWNLOAD_CMD}`).")
-    try:
-        ann = json.loads(ann_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise DataError(f"{ann_path} is not valid JSON: {e}") from e
-    if not isinstance(ann, dict) or not any(k in ann for k in SPLITS):
-        raise DataError(f"{ann_path} must be an object with keys {SPLITS}")
+    ann = _read_annotation(ann_path)
     problems = problems if problems is not None else Problems()
     out: dict[str, list[dict]] = {}
+    seen: set[str] = set()
     for split in SPLITS:
         keep = []
-        for e in ann.get(split, []):
+        for i, e in enumerate(ann.get(split, [])):
+            bad = _entry_problem(e, f"{split}[{i}]")
+            if bad:
+                problems.add(*bad)
+                continue
+            if e["id"] in seen:
+                problems.add("duplicate_id", e["id"])
+                continue
+            seen.add(e["id"])
             if check_images and not all((root / "images" / p).is_file() for p in e["image_path"]):
                 problems.add("missing_image", e["id"])
                 continue
@@ -261,6 +329,11 @@ def is_readable_png(data: bytes) -> bool:
 # --------------------------------------------------------------------------------------------
 # writing layout 1 atomically
 # --------------------------------------------------------------------------------------------
+TEMP_MARKER = ".prepare-temp"             # in every temporary folder prepare makes: who made it
+# what a folder prepare wrote holds; --overwrite replaces nothing else
+PREPARED_NAMES = {"annotation.json", "prepare_info.json", "images"}
+
+
 @dataclass
 class PrepareResult:
     out: Path
@@ -274,39 +347,150 @@ class PrepareResult:
         return f"wrote {self.out}: {c} studies (split: {src}); skipped: {self.problems.summary()}"
 
 
-def _write_r2gen(out: Path, studies: list[tuple[str, str, str, list[Callable[[], bytes]]]],
-                 info: dict, overwrite: bool) -> None:
-    """Write layout 1 from ``(study_id, report, split, [view byte getters])`` atomically."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"out={str(out)!r} exists and is not empty; pass --overwrite to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+def _check_out(src: Path, out: str | os.PathLike, overwrite: bool) -> Path:
+    """The resolved ``out``, once it cannot destroy anything prepare did not write. Checked before
+    any reading, so a doomed run fails in a second rather than after validating every image."""
+    given = str(out)
+    out, src = Path(out).expanduser().resolve(), Path(src).expanduser().resolve()
+    cwd = Path.cwd().resolve()
+    if out == cwd or out in cwd.parents:
+        raise DataError(f"out={given!r} is the current folder (or holds it); name a new folder, e.g. data/iu_xray")
+    if out == src or out in src.parents:
+        how = "is the --src folder" if out == src else f"holds --src {str(src)!r}"
+        raise DataError(f"out={given!r} {how}; write to a new folder outside the source, "
+                        f"e.g. {src.parent / (src.name + '_r2gen')}")
+    if overwrite and src in out.parents:
+        raise DataError(f"out={given!r} lies inside --src {str(src)!r}, and --overwrite would delete part of "
+                        f"the source; write to a new folder outside it")
+    _check_replaceable(out, given, overwrite)
+    return out
+
+
+def _check_replaceable(out: Path, given: str, overwrite: bool) -> None:
+    """``out`` may be written: it is absent or an empty folder, or, with ``overwrite``, a folder
+    prepare wrote to which nobody added files since."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out={given!r} is a file, not a folder; choose a new folder name for --out")
+    parent = next(p for p in out.parents if p.exists())
+    if not parent.is_dir():
+        raise FileExistsError(f"{parent} is a file, so out={given!r} cannot be created; choose another --out")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    if not overwrite:
+        raise FileExistsError(f"out={given!r} exists and is not empty; pass --overwrite to replace it "
+                              f"(only a folder written by prepare is replaced)")
+    names = {p.name for p in out.iterdir()}
+    if "prepare_info.json" not in names:
+        raise FileExistsError(f"out={given!r} was not written by prepare (it has no prepare_info.json), so "
+                              f"--overwrite will not replace it; choose a new --out")
+    foreign = sorted(names - PREPARED_NAMES)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" (+{len(foreign) - 3})" if len(foreign) > 3 else "")
+        raise FileExistsError(f"out={given!r} holds files prepare did not write ({shown}); move them "
+                              f"elsewhere and run again, or choose a new --out")
+
+
+def _temp_dir(out: Path, pid: int) -> Path:
+    return out.parent / f".{out.name}.prepare-{pid}.tmp"
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":   # os.kill(pid, 0) would terminate the process there: assume alive, clean nothing
+        return True
     try:
-        ann: dict[str, list[dict]] = {s: [] for s in SPLITS}
-        for sid, report, split, getters in studies:
-            d = tmp / "images" / sid
-            d.mkdir(parents=True)
-            paths = []
-            for n, get in enumerate(getters):
-                (d / f"{n}.png").write_bytes(get())
-                paths.append(f"{sid}/{n}.png")
-            ann[split].append({"id": sid, "report": report, "image_path": paths, "split": split})
-        (tmp / "annotation.json").write_text(json.dumps(ann), encoding="utf-8")
-        (tmp / "prepare_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
-        if out.exists():
-            old = out.parent / f".{out.name}.old-{os.getpid()}"
-            os.replace(out, old)
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Remove the temporary folders of killed prepare runs for ``out``: only folders named like
+    ours whose marker names that pid on this host, and whose process is gone (our own pid is
+    reused, so a folder with it is stale too). A folder someone else made, or one of a run still
+    going, stays. A run killed between moving the old output aside and the new one in left the
+    old output in its ``old/``: it is moved back."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.prepare-(\d+)\.tmp")
+    for d in out.parent.iterdir():
+        m = pattern.fullmatch(d.name)
+        if not m or d.is_symlink() or not d.is_dir():
+            continue
+        pid = int(m[1])
+        try:
+            marker = json.loads((d / TEMP_MARKER).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(marker, dict) or marker.get("pid") != pid or marker.get("host") != socket.gethostname():
+            continue
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        if (d / "old").is_dir() and not out.exists():
+            os.replace(d / "old", out)
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@contextmanager
+def _staging(out: Path) -> Iterator[Path]:
+    """A fresh temporary folder next to ``out`` (so ``os.replace`` into place is atomic), removed
+    afterwards. Creating it first also tells at once when ``out``'s folder is not writable."""
+    tmp = _temp_dir(out, os.getpid())
+    made = False
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temps(out)
+        tmp.mkdir()
+        made = True
+        (tmp / TEMP_MARKER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                                                   "out": str(out)}), encoding="utf-8")
+    except OSError as e:
+        if made:
+            shutil.rmtree(tmp, ignore_errors=True)
+        failed = Path(e.filename) if e.filename else tmp
+        where = failed if failed == out.parent else failed.parent
+        raise DataError(f"cannot write to {where} ({e.strerror or e}); choose an --out in a folder you can "
+                        f"write to") from e
+    try:
+        yield tmp
+    finally:
+        # an old output that could not be moved back stays, for the next run to restore
+        if not ((tmp / "old").is_dir() and not out.exists()):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _require_studies(studies: list, src: Path, problems: Problems) -> None:
+    if not studies:
+        why = problems.summary() if problems else "it holds no study"
+        raise DataError(f"no valid study found in {src}: {why}")
+
+
+def _write_r2gen(tmp: Path, out: Path, studies: list[tuple[str, str, str, list[Callable[[], bytes]]]],
+                 info: dict, overwrite: bool) -> None:
+    """Write layout 1 from ``(study_id, report, split, [view byte getters])`` into ``tmp/new``
+    and move it to ``out`` (the previous ``out``, checked again now, goes to ``tmp/old``)."""
+    new = tmp / "new"
+    ann: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for sid, report, split, getters in studies:
+        d = new / "images" / sid
+        d.mkdir(parents=True)
+        paths = []
+        for n, get in enumerate(getters):
+            (d / f"{n}.png").write_bytes(get())
+            paths.append(f"{sid}/{n}.png")
+        ann[split].append({"id": sid, "report": report, "image_path": paths, "split": split})
+    (new / "annotation.json").write_text(json.dumps(ann), encoding="utf-8")
+    (new / "prepare_info.json").write_text(json.dumps(info, indent=1), encoding="utf-8")
+    _check_replaceable(out, str(out), overwrite)   # someone may have written there since the start
+    if out.is_dir() and any(out.iterdir()):
+        os.replace(out, tmp / "old")
+        try:
+            os.replace(new, out)
+        except BaseException:
+            os.replace(tmp / "old", out)
+            raise
+    else:
+        os.replace(new, out)                     # onto nothing, or onto an empty folder
 
 
 def _assign_splits(uids: list[str], r2gen: dict[str, str], seed: int) -> tuple[dict[str, str], dict[str, int]]:
@@ -339,6 +523,16 @@ def _png_index(src: Path, wanted: set[str], staging: Path) -> dict[str, Path]:
     return {f.name[:-4]: f for f in src.rglob("*.png") if f.name[:-4] in wanted}
 
 
+def _study_id(image_id: str, problems: Problems, ident: str | None = None) -> str | None:
+    """R2Gen's study id of a study's first image, or None with a ``bad_image_id`` problem (by
+    ``ident``, default the image id): one odd id skips its study, not the whole conversion."""
+    try:
+        return study_id_from_image_id(image_id)
+    except ValueError:
+        problems.add("bad_image_id", ident or image_id)
+        return None
+
+
 def convert_openi(src: str | os.PathLike, out: str | os.PathLike, *, annotation: str | os.PathLike | None = "auto",
                   seed: int = 0, strict: bool = False, overwrite: bool = False) -> PrepareResult:
     """Layout 2 -> layout 1 (module docstring). ``src`` holds ``NLMCXR_reports.tgz`` (or
@@ -351,17 +545,18 @@ def convert_openi(src: str | os.PathLike, out: str | os.PathLike, *, annotation:
         raise DataNotFoundError(
             f"src={str(src)!r} has no NLMCXR_reports.tgz (or ecgen-radiology/); fetch the Open-i "
             f"archives with `python -m camegrad_mini.rrg.download --out {src}`")
-    problems = Problems()
-    reports = read_openi_reports(reports_path, problems)
-    wanted = {i for r in reports.values() for i in r.image_ids[:2]}
-    staging = Path(out).parent / f".{Path(out).name}.png-staging-{os.getpid()}"
-    try:
-        index = _png_index(src, wanted, staging)
+    out_path = _check_out(src, out, overwrite)
+    r2gen = load_r2gen_split(annotation)
+    with _staging(out_path) as tmp:
+        problems = Problems()
+        reports = read_openi_reports(reports_path, problems)
+        wanted = {i for r in reports.values() for i in r.image_ids[:2]}
+        index = _png_index(src, wanted, tmp / "png-staging")
         if not index:
             raise DataNotFoundError(
                 f"no PNG images (NLMCXR_png.tgz or *.png) under {src}; fetch them with "
                 f"`python -m camegrad_mini.rrg.download --out {src}`")
-        selected = []
+        selected, first_uid = [], {}
         for uid in sorted(reports, key=lambda u: int(u[3:]) if u[3:].isdigit() else 0):
             rep = reports[uid]
             if not rep.findings:
@@ -371,26 +566,49 @@ def convert_openi(src: str | os.PathLike, out: str | os.PathLike, *, annotation:
                 problems.add("too_few_images", uid)
                 continue
             views = rep.image_ids[:2]
+            sid = _study_id(views[0], problems)
+            if sid is None:
+                continue
+            if sid in first_uid:     # two reports naming the same images would write one folder twice
+                problems.add("duplicate_id", f"{sid} ({uid} repeats {first_uid[sid]})")
+                continue
+            first_uid[sid] = uid
             if not all(v in index for v in views):
-                problems.add("no_images", rep.study_id)
+                problems.add("no_images", sid)
                 continue
             bad = [v for v in views if not is_readable_png(index[v].read_bytes())]
             if bad:
                 for v in bad:
                     problems.add("unreadable_image", v)
                 continue
-            selected.append((uid, rep, [index[v] for v in views]))
-        problems.check(strict, kinds=("malformed_xml", "no_images", "unreadable_image"),
-                       context=f"converting {src}")
-        splits, source = _assign_splits([u for u, _, _ in selected], load_r2gen_split(annotation), seed)
-        studies = [(rep.study_id, rep.findings, splits[uid], [f.read_bytes for f in files])
-                   for uid, rep, files in selected]
+            selected.append((uid, sid, rep, [index[v] for v in views]))
+        problems.check(strict, kinds=("malformed_xml", "duplicate_uid", "bad_image_id", "duplicate_id",
+                                      "no_images", "unreadable_image"), context=f"converting {src}")
+        _require_studies(selected, src, problems)
+        splits, source = _assign_splits([u for u, *_ in selected], r2gen, seed)
+        studies = [(sid, rep.findings, splits[uid], [f.read_bytes for f in files])
+                   for uid, sid, rep, files in selected]
         info = {"layout": "openi", "seed": seed, "split_source": source, "skipped": problems.to_dict()}
-        _write_r2gen(Path(out), studies, info, overwrite)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        _write_r2gen(tmp, out_path, studies, info, overwrite)
     counts = {s: sum(1 for st in studies if st[2] == s) for s in SPLITS}
     return PrepareResult(Path(out), counts, problems, source)
+
+
+def _read_csv(path: Path, columns: tuple[str, ...]) -> list[dict]:
+    """Rows of a UTF-8 CSV export, or a ``DataError`` naming the file (wrong encoding or columns)."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path} lacks the columns {', '.join(missing)} (expected {', '.join(columns)}); "
+                                f"use the indiana_*.csv files of the tabular export unchanged")
+            return list(reader)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte 0x{e.object[e.start]:02x} cannot be decoded); "
+                        f"save it as UTF-8 and run again") from e
+    except csv.Error as e:
+        raise DataError(f"{path} is not a readable CSV file ({e}); use the tabular export unchanged") from e
 
 
 def convert_tabular(src: str | os.PathLike, out: str | os.PathLike, *, annotation: str | os.PathLike | None = "auto",
@@ -405,74 +623,90 @@ def convert_tabular(src: str | os.PathLike, out: str | os.PathLike, *, annotatio
             f"src={str(src)!r} lacks {', '.join(missing)} (the tabular export). Use "
             f"`python -m camegrad_mini.rrg.download --out <raw>` and `--layout openi` instead if you "
             f"do not have the CSV export.")
+    out_path = _check_out(src, out, overwrite)
+    r2gen = load_r2gen_split(annotation)
     problems = Problems()
     findings: dict[str, str] = {}
-    with rep_csv.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                findings[f"CXR{int(row['uid'])}"] = (row.get("findings") or "").strip()
-            except (KeyError, ValueError, TypeError):
-                problems.add("bad_row", f"indiana_reports.csv:{row.get('uid')!r}")
+    for row in _read_csv(rep_csv, ("uid", "findings")):
+        try:
+            findings[f"CXR{int(row['uid'])}"] = (row.get("findings") or "").strip()
+        except (KeyError, ValueError, TypeError):
+            problems.add("bad_row", f"indiana_reports.csv:{row.get('uid')!r}")
     views: dict[str, list[tuple[int, str]]] = defaultdict(list)
-    with proj_csv.open(newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                uid = f"CXR{int(row['uid'])}"
-                rank = 0 if row["projection"].strip().lower() == "frontal" else 1
-                views[uid].append((rank, row["filename"].strip()))
-            except (KeyError, ValueError, TypeError, AttributeError):
-                problems.add("bad_row", f"indiana_projections.csv:{row.get('uid')!r}")
-    selected = []
-    for uid in sorted(findings, key=lambda u: int(u[3:])):
-        if not findings[uid]:
-            problems.add("no_findings", uid)
-            continue
-        files = sorted(views.get(uid, []))
-        if len(files) < 2:
-            problems.add("too_few_images", uid)
-            continue
-        frontal = [f for r, f in files if r == 0]
-        lateral = [f for r, f in files if r == 1]
-        chosen = [frontal[0], lateral[0]] if frontal and lateral else [f for _, f in files[:2]]
-        sid = study_id_from_image_id("CXR" + chosen[0].split(".")[0])
-        paths = [img_dir / c for c in chosen]
-        if not all(p.is_file() for p in paths):
-            problems.add("no_images", sid)
-            continue
-        bad = [c for c, p in zip(chosen, paths) if not is_readable_png(p.read_bytes())]
-        if bad:
-            for c in bad:
-                problems.add("unreadable_image", c)
-            continue
-        selected.append((uid, sid, findings[uid], paths))
-    problems.check(strict, kinds=("bad_row", "no_images", "unreadable_image"), context=f"converting {src}")
-    splits, source = _assign_splits([u for u, *_ in selected], load_r2gen_split(annotation), seed)
-    studies = [(sid, rep, splits[uid], [p.read_bytes for p in paths]) for uid, sid, rep, paths in selected]
-    info = {"layout": "tabular", "seed": seed, "split_source": source, "skipped": problems.to_dict()}
-    _write_r2gen(Path(out), studies, info, overwrite)
+    for row in _read_csv(proj_csv, ("uid", "filename", "projection")):
+        try:
+            uid = f"CXR{int(row['uid'])}"
+            rank = 0 if row["projection"].strip().lower() == "frontal" else 1
+            filename = row["filename"].strip()
+            if not filename:
+                raise ValueError("no file name")
+            views[uid].append((rank, filename))
+        except (KeyError, ValueError, TypeError, AttributeError):
+            problems.add("bad_row", f"indiana_projections.csv:{row.get('uid')!r}")
+    with _staging(out_path) as tmp:
+        selected, first_uid = [], {}
+        for uid in sorted(findings, key=lambda u: int(u[3:])):
+            if not findings[uid]:
+                problems.add("no_findings", uid)
+                continue
+            files = sorted(views.get(uid, []))
+            if len(files) < 2:
+                problems.add("too_few_images", uid)
+                continue
+            frontal = [f for r, f in files if r == 0]
+            lateral = [f for r, f in files if r == 1]
+            chosen = [frontal[0], lateral[0]] if frontal and lateral else [f for _, f in files[:2]]
+            sid = _study_id("CXR" + chosen[0].split(".")[0], problems, ident=chosen[0])
+            if sid is None:
+                continue
+            if sid in first_uid:
+                problems.add("duplicate_id", f"{sid} ({uid} repeats {first_uid[sid]})")
+                continue
+            first_uid[sid] = uid
+            paths = [img_dir / c for c in chosen]
+            if not all(p.is_file() for p in paths):
+                problems.add("no_images", sid)
+                continue
+            bad = [c for c, p in zip(chosen, paths) if not is_readable_png(p.read_bytes())]
+            if bad:
+                for c in bad:
+                    problems.add("unreadable_image", c)
+                continue
+            selected.append((uid, sid, findings[uid], paths))
+        problems.check(strict, kinds=("bad_row", "bad_image_id", "duplicate_id", "no_images", "unreadable_image"),
+                       context=f"converting {src}")
+        _require_studies(selected, src, problems)
+        splits, source = _assign_splits([u for u, *_ in selected], r2gen, seed)
+        studies = [(sid, rep, splits[uid], [p.read_bytes for p in paths]) for uid, sid, rep, paths in selected]
+        info = {"layout": "tabular", "seed": seed, "split_source": source, "skipped": problems.to_dict()}
+        _write_r2gen(tmp, out_path, studies, info, overwrite)
     counts = {s: sum(1 for st in studies if st[2] == s) for s in SPLITS}
     return PrepareResult(Path(out), counts, problems, source)
 
 
 def copy_r2gen(src: str | os.PathLike, out: str | os.PathLike, *, strict: bool = False,
                overwrite: bool = False) -> PrepareResult:
-    """Layout 1 -> layout 1: validate an R2Gen folder (missing or unreadable images reported by
-    id) and write a clean copy with only the complete studies."""
+    """Layout 1 -> layout 1: validate an R2Gen folder (entries without id, image paths or report,
+    repeated ids, missing or unreadable images: reported by id) and write a clean copy with only
+    the complete studies."""
     src = Path(src)
     problems = Problems()
     ann = read_r2gen(src, problems)
-    studies = []
-    for split in SPLITS:
-        for e in ann[split]:
-            paths = [src / "images" / p for p in e["image_path"]]
-            if not all(is_readable_png(p.read_bytes()) for p in paths):
-                problems.add("unreadable_image", e["id"])
-                continue
-            studies.append((e["id"], e["report"], split, [p.read_bytes for p in paths]))
-    problems.check(strict, context=f"checking {src}")
-    info = {"layout": "r2gen", "split_source": {"R2Gen annotation.json": len(studies)},
-            "skipped": problems.to_dict()}
-    _write_r2gen(Path(out), studies, info, overwrite)
+    out_path = _check_out(src, out, overwrite)
+    with _staging(out_path) as tmp:
+        studies = []
+        for split in SPLITS:
+            for e in ann[split]:
+                paths = [src / "images" / p for p in e["image_path"]]
+                if not all(is_readable_png(p.read_bytes()) for p in paths):
+                    problems.add("unreadable_image", e["id"])
+                    continue
+                studies.append((e["id"], e["report"], split, [p.read_bytes for p in paths]))
+        problems.check(strict, context=f"checking {src}")
+        _require_studies(studies, src, problems)
+        info = {"layout": "r2gen", "split_source": {"R2Gen annotation.json": len(studies)},
+                "skipped": problems.to_dict()}
+        _write_r2gen(tmp, out_path, studies, info, overwrite)
     counts = {s: sum(1 for st in studies if st[2] == s) for s in SPLITS}
     return PrepareResult(Path(out), counts, problems, info["split_source"])
 
