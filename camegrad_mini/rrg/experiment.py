@@ -3,13 +3,15 @@
 ``python -m camegrad_mini.rrg.experiment run --config gpu_full --methods ls came pcgrad cagrad --seeds 0 1 2 --out runs/grid --jobs 12``
     trains every (method, seed) into ``runs/grid/<method>_s<seed>/`` (see :mod:`camegrad_mini.rrg.train`),
     in this process (``--jobs 1``) or as concurrent subprocesses on one device (``--jobs N``).
+    A (method, seed) listed twice, or a run folder another training is using, is refused up front.
 ``python -m camegrad_mini.rrg.experiment posthoc runs/grid``
     recomputes every metric from the saved generations: clinical efficacy with the rule labeler
     and, where pycocoevalcap is installed, BLEU-1..4, METEOR, ROUGE-L and CIDEr. This is how a
     GPU run is scored: the GPU machine has neither pycocoevalcap nor Java.
 ``python -m camegrad_mini.rrg.experiment export runs/grid results/iu_xray_gpu``
     copies only the small files (summaries, per-epoch curves, per-step conflict logs, generations;
-    never checkpoints) and writes ``results.json`` with the aggregate table.
+    never checkpoints) and writes ``results.json`` with the aggregate table. The destination must
+    lie outside the source.
 ``python -m camegrad_mini.rrg.experiment table results/iu_xray_gpu``
     prints the headline table.
 ``python -m camegrad_mini.rrg.experiment bench --config gpu_full --out bench.json``
@@ -35,6 +37,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+
+from camegrad_mini.rrg.runfiles import FolderInUse, atomic_write_text, folder_lock, holder, in_use_message
 
 __all__ = ["bench", "run_grid", "collect", "aggregate", "posthoc", "export", "load_results", "results_dir", "format_table",
            "run_name", "HEADLINE_METRICS", "main"]
@@ -74,10 +78,37 @@ def run_grid(config: str, methods: Sequence[str], seeds: Sequence[int], out_root
             raise ValueError(f"method {m!r} is not one of {sorted(T.METHODS)}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    root = Path(out_root)
-    root.mkdir(parents=True, exist_ok=True)
-    T.get_config(config, **overrides)  # validate once, before anything runs
     pairs = [(m, s) for m in methods for s in seeds]
+    if not pairs:
+        raise ValueError("no runs: give at least one method and one seed")
+    # the same (method, seed) twice would train twice into one folder; deduplicating would hide
+    # that the command asked for something odd, so say so instead
+    dup = sorted({p for p in pairs if pairs.count(p) > 1})
+    if dup:
+        raise ValueError(f"duplicate (method, seed) pairs {', '.join(run_name(m, s) for m, s in dup)}: "
+                         "each run has one folder; list every method and seed once")
+    T.get_config(config, **overrides)  # validate once, before anything runs
+    root = Path(out_root)
+    with folder_lock(root, "experiment run"):
+        # every run folder must be free before anything starts (a busy one's log would be truncated)
+        for m, s in pairs:
+            pid = holder(root / run_name(m, s))
+            if pid is not None:
+                raise FolderInUse(in_use_message(root / run_name(m, s), pid))
+        return _run_pairs(T, config, pairs, root, overrides, jobs, dataset, resume)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(encoding="utf-8", errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def _run_pairs(T: Any, config: str, pairs: list[tuple[str, int]], root: Path, overrides: dict[str, Any], jobs: int,
+               dataset: Any | None, resume: bool) -> list[dict[str, Any]]:
+    methods, seeds = [m for m, _ in pairs], [s for _, s in pairs]
     if jobs == 1:
         first = T.get_config(config, method=methods[0], seed=seeds[0], **overrides)
         device = T._resolve_device(first.device)
@@ -117,7 +148,9 @@ def run_grid(config: str, methods: Sequence[str], seeds: Sequence[int], out_root
                 if proc.returncode != 0:
                     failed.append((m, s, proc.returncode))
     if failed:
-        raise RuntimeError(f"runs failed (method, seed, exit code): {failed}; see <run>/train.log")
+        why = "; ".join(f"{run_name(m, s)} (exit {rc}): {_last_line(root / run_name(m, s) / 'train.log')}"
+                        for m, s, rc in failed)
+        raise RuntimeError(f"{len(failed)} of {len(pairs)} runs failed, see <run>/train.log under {root}: {why}")
     return [json.loads((root / run_name(m, s) / "summary.json").read_text()) for m, s in pairs]
 
 
@@ -125,9 +158,40 @@ def run_grid(config: str, methods: Sequence[str], seeds: Sequence[int], out_root
 # Scoring and aggregation
 # ----------------------------------------------------------------------------------------------
 
-def _read_generations(path: Path) -> list[dict[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+_GENERATION_KEYS = ("generated", "reference")
+
+
+def _read_generations(path: Path, expected: int | None = None) -> list[dict[str, Any]]:
+    """The lines of a generations file, each checked: a cut or damaged file is an error naming the
+    file and line, never a bare JSON message or a score of the part that survived."""
+    redo = "rerun that training (or remove the run folder)"
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {no} is not valid JSON ({e.msg}): the file is truncated or "
+                                 f"damaged; {redo}") from None
+            if not isinstance(row, dict) or any(k not in row for k in _GENERATION_KEYS):
+                raise ValueError(f"{path} line {no} lacks {list(_GENERATION_KEYS)}; {redo}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"{path} holds no generations; {redo}")
+    if expected is not None and len(rows) != expected:
+        raise ValueError(f"{path} has {len(rows)} generations but summary.json says n_test {expected} (truncated?); "
+                         f"{redo}")
+    return rows
+
+
+def _expected_generations(run: Path) -> int | None:
+    try:
+        n = json.loads((run / "summary.json").read_text(encoding="utf-8")).get("n_test")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return n if isinstance(n, int) else None
 
 
 def posthoc(root: str | Path, text: bool = True, meteor: bool = True) -> list[dict[str, Any]]:
@@ -139,8 +203,10 @@ def posthoc(root: str | Path, text: bool = True, meteor: bool = True) -> list[di
     from camegrad_mini.rrg.metrics import clinical_efficacy
 
     out = []
-    for run in sorted(p.parent for p in Path(root).glob("*/generations_test.jsonl")):
-        gens = _read_generations(run / "generations_test.jsonl")
+    runs = sorted(p.parent for p in Path(root).glob("*/generations_test.jsonl"))
+    # read (and check) every file before scoring any: one damaged run stops the command, not half of it
+    all_gens = [_read_generations(run / "generations_test.jsonl", _expected_generations(run)) for run in runs]
+    for run, gens in zip(runs, all_gens):
         gen, ref = [g["generated"] for g in gens], [g["reference"] for g in gens]
         ref_tok = [g.get("reference_tok", g["reference"]) for g in gens]
         m: dict[str, Any] = {f"test_{k}": float(v) for k, v in clinical_efficacy(ref, gen).items()
@@ -155,7 +221,7 @@ def posthoc(root: str | Path, text: bool = True, meteor: bool = True) -> list[di
             except ImportError as e:
                 m["text_metrics_notes"] = [f"skipped: {e}"]
         m["n_test"] = len(gens)
-        (run / "metrics_test.json").write_text(json.dumps(m, indent=2), encoding="utf-8")
+        atomic_write_text(run / "metrics_test.json", json.dumps(m, indent=2))
         out.append(m)
     return out
 
@@ -231,8 +297,16 @@ def always_normal(root: str | Path, text: bool = False, meteor: bool = False) ->
 def export(root: str | Path, dest: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Copy the small result files of every run to ``dest`` and write ``dest/results.json``."""
     root, dest = Path(root), Path(dest)
+    src, dst = root.resolve(), dest.resolve()
+    if dst == src or src in dst.parents:
+        where = "is the source folder" if dst == src else "lies inside the source folder"
+        raise ValueError(f"export destination {dest} {where} {root}; choose a folder outside it (nothing was written)")
+    runs = sorted(p.parent for p in root.glob("*/summary.json"))
+    if not runs:
+        raise FileNotFoundError(f"no runs under {root} (no {root}/*/summary.json); check the folder "
+                                "(`experiment run` writes it)")
     dest.mkdir(parents=True, exist_ok=True)
-    for run in sorted(p.parent for p in root.glob("*/summary.json")):
+    for run in runs:
         (dest / run.name).mkdir(exist_ok=True)
         for name in SMALL_FILES:
             if (run / name).exists():
@@ -255,7 +329,7 @@ def write_results(dest: str | Path, meta: dict[str, Any] | None = None, text: bo
         res["meta"].setdefault("device", r0.get("device"))
         res["meta"].setdefault("date_utc", r0.get("date_utc"))
         res["meta"].setdefault("images_are_standins", r0.get("images_are_standins"))
-    (dest / "results.json").write_text(json.dumps(res, indent=2), encoding="utf-8")
+    atomic_write_text(dest / "results.json", json.dumps(res, indent=2))
     return res
 
 
@@ -426,7 +500,12 @@ def main(argv: list[str] | None = None) -> int:
         if a.cmd == "run":
             rows = run_grid(a.config, a.methods, a.seeds, a.out, json.loads(a.overrides), jobs=a.jobs,
                             resume=not a.no_resume, max_train_seconds=a.max_train_seconds)
+            early = [run_name(r["method"], r["seed"]) for r in rows if r.get("stopped_early")]
             print(f"{len(rows)} runs finished under {a.out}")
+            if early:
+                print(f"warning: {len(early)} stopped early by --max-train-seconds ({', '.join(early)}; "
+                      "stopped_early in their summary.json); rerun without --no-resume to continue them",
+                      file=sys.stderr)
         elif a.cmd == "posthoc":
             n = len(posthoc(a.root, text=not a.no_text, meteor=not a.no_meteor))
             write_results(a.root, (load_results(a.root) or {}).get("meta"), text=not a.no_text,
@@ -452,6 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine: disk full, permissions
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,11 +19,19 @@ learning rate. Per epoch (``metrics.csv``): mean training losses, validation NLL
 F1. At the end: ``generations_test.jsonl`` (reference and generated report per test study) and
 ``summary.json`` (config, timings, conflict statistics, test metrics).
 
-Exact resume: after every epoch an atomic checkpoint ``last.pt`` (written to a temporary file,
-then ``os.replace``) holds the model, the optimizer wrapper's state, the schedule position, the
+Exact resume: after every epoch an atomic checkpoint ``last.pt`` (written to a private temporary
+file, then ``os.replace``) holds the model, the optimizer wrapper's state, the schedule position, the
 RNG states (torch, CUDA, numpy, Python, and the numpy generator that orders the data) and the
 best-so-far selection state. Rerunning the same command continues from there, and on a CPU the
 final parameters are bitwise identical to an uninterrupted run (tested by killing a run).
+``--max-train-seconds`` may cut a run inside an epoch: the checkpoint then records the exact
+position (the batch, the epoch's data order and its step rows so far), the summary says
+``stopped_early`` with the steps done, and a rerun finishes the epoch where it stopped.
+``last.pt.sha256`` (``best.pt.sha256``) beside each checkpoint is checked before loading: an
+empty, truncated or altered checkpoint is refused with one line naming it, never resumed from.
+
+One training per folder: ``OUT/.lock`` is held for the whole run (:mod:`camegrad_mini.rrg.runfiles`),
+so a second training into the same ``--out`` fails at once instead of interleaving the logs.
 """
 from __future__ import annotations
 
@@ -31,6 +39,8 @@ import argparse
 import csv
 import dataclasses
 import datetime as _dt
+import hashlib
+import io
 import json
 import math
 import os
@@ -48,6 +58,7 @@ import torch
 import torch.nn.functional as F
 
 from camegrad_mini.rrg.model import ModelConfig, ReportGenerator
+from camegrad_mini.rrg.runfiles import atomic_write_bytes, atomic_write_text, folder_lock
 
 __all__ = ["TrainConfig", "CONFIGS", "METHODS", "get_config", "train", "prepare_data", "PreparedData", "SplitTensors", "main"]
 
@@ -359,20 +370,77 @@ def _macro_f1(scores: dict[str, float]) -> float:
 # Files: atomic writes, resumable CSV logs
 # ----------------------------------------------------------------------------------------------
 
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted: missing checksum, checksum mismatch, unreadable."""
+
+
+_FRESH_START = "pass --no-resume to start over (or restore the file from a copy)"
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _accepted_digests(path: Path) -> list[str] | None:
+    """Digests that ``NAME.sha256`` accepts for ``NAME`` (sha256sum's format), None if it is missing."""
+    try:
+        text = _sidecar(path).read_text(encoding="utf-8", errors="replace")  # garbage simply won't match
+    except FileNotFoundError:
+        return None
+    return [line.split()[0] for line in text.splitlines() if line.strip()]
+
+
+def _write_sidecar(path: Path, digests: list[str]) -> None:
+    atomic_write_text(_sidecar(path), "".join(f"{d}  {path.name}\n" for d in digests))
+
+
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write to ``path.tmp`` then ``os.replace``: a kill mid-write never leaves a torn checkpoint."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """``torch.save`` atomically (private temp file, then ``os.replace``), with its sha256 beside it.
+
+    ``NAME.sha256`` is what makes a flipped byte or a truncated copy detectable at load time. It
+    is written *before* the checkpoint is replaced and then lists two digests, the new one and
+    that of the (verified) checkpoint still in place, so a kill between the two renames leaves a
+    pair that verifies; after the rename it lists the new digest only.
+    """
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    data = buf.getvalue()
+    new = hashlib.sha256(data).hexdigest()
+    keep = [new]
+    accepted = _accepted_digests(path) or []
+    if path.exists() and accepted:
+        old = hashlib.sha256(path.read_bytes()).hexdigest()
+        if old in accepted:
+            keep.append(old)
+    _write_sidecar(path, keep)
+    atomic_write_bytes(path, data)
+    _write_sidecar(path, [new])
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+def load_checkpoint(path: Path, device: torch.device | str, keys: Iterable[str] = ()) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`atomic_torch_save`, after checking it against its sha256.
+
+    Every failure is a :class:`CheckpointError` whose message names the file and says what to do
+    (never a raw ``torch.load`` traceback, never a silent resume from changed bytes)."""
+    data = path.read_bytes()
+    if not data:
+        raise CheckpointError(f"{path} is empty (an interrupted copy or a full disk?); {_FRESH_START}")
+    accepted = _accepted_digests(path)
+    if accepted is None:
+        raise CheckpointError(f"{path} cannot be verified: its checksum file {_sidecar(path).name} is missing "
+                              f"(written by an older version, or copied without it); {_FRESH_START}")
+    if hashlib.sha256(data).hexdigest() not in accepted:
+        raise CheckpointError(f"{path} is damaged: its sha256 does not match {_sidecar(path).name} (truncated, or "
+                              f"changed after it was written); {_FRESH_START}")
+    try:
+        obj = torch.load(io.BytesIO(data), map_location=device, weights_only=False)
+    except Exception as e:  # torch.load raises many types for a bad file
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:120]}); "
+                              f"{_FRESH_START}") from None
+    missing = [k for k in keys if not isinstance(obj, dict) or k not in obj]
+    if missing:
+        raise CheckpointError(f"{path} is not a checkpoint of this trainer (no {missing}); {_FRESH_START}")
+    return obj
 
 
 class CsvLog:
@@ -386,14 +454,18 @@ class CsvLog:
             return
         with open(self.path, newline="", encoding="utf-8") as f:
             rows = [r for r in csv.DictReader(f) if int(r[key]) <= last]
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=self.columns)
-            w.writeheader()
-            w.writerows(rows)
+        self._rewrite(rows)
 
     def reset(self) -> None:
-        with open(self.path, "w", newline="", encoding="utf-8") as f:
-            csv.DictWriter(f, fieldnames=self.columns).writeheader()
+        self._rewrite([])
+
+    def _rewrite(self, rows: list[dict[str, Any]]) -> None:
+        # atomically: a kill mid-rewrite must not lose the rows the checkpoint depends on
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=self.columns)
+        w.writeheader()
+        w.writerows(rows)
+        atomic_write_text(self.path, buf.getvalue())
 
     def append(self, rows: Iterable[dict[str, Any]]) -> None:
         with open(self.path, "a", newline="", encoding="utf-8") as f:
@@ -454,11 +526,42 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: A
     ``dataset`` (from ``load_iu_xray``) or ``data`` (from :func:`prepare_data`) can be passed to
     share one loaded dataset between runs; otherwise it is loaded from ``cfg``. With ``resume``
     an existing ``last.pt`` in ``out_dir`` is continued; without it, existing results are
-    overwritten.
+    overwritten. The folder is locked for the whole run: a second training into it fails at once.
     """
     cfg.validate()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):
+        return _train(cfg, out, resume, dataset, data)
+
+
+# the checkpoint's top-level keys (the chapter shows them; the exact position lives in "scheduler")
+_CKPT_KEYS = ("model", "optimizer", "scheduler", "rng", "epoch", "step", "best", "train_time", "studies_seen",
+              "step_times", "config", "model_config")
+# what a fresh start removes: results of an earlier run that would otherwise survive next to the new one
+_STALE = ("last.pt", "last.pt.sha256", "best.pt", "best.pt.sha256", "summary.json", "generations_test.jsonl",
+          "generations_val.jsonl", "metrics_test.json")
+
+
+def _check_splits(cfg: TrainConfig, data: PreparedData) -> None:
+    """Refuse empty splits before training: an empty validation split used to surface only after
+    a full epoch, an empty test split only after the whole training."""
+    empty = [name for name in ("train", "val", "test") if len(data.splits[name]) == 0]
+    if not empty:
+        return
+    from camegrad_mini.rrg.paths import resolve_root
+
+    try:
+        where = str(resolve_root(cfg.data_root) / "annotation.json")
+    except FileNotFoundError:
+        where = str(cfg.data_root)
+    words = {"train": "training", "val": "validation", "test": "test"}
+    what = " and ".join(words[n] for n in empty)
+    raise ValueError(f"the {what} split{'s are' if len(empty) > 1 else ' is'} empty: {where} has no "
+                     f"{'/'.join(repr(n) for n in empty)} studies with images; add some (or prepare the folder "
+                     "again with `python -m camegrad_mini.rrg.prepare`); nothing was trained")
+
+
+def _train(cfg: TrainConfig, out: Path, resume: bool, dataset: Any | None, data: PreparedData | None) -> dict[str, Any]:
     device = _resolve_device(cfg.device)
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
@@ -478,6 +581,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: A
     t_data = time.perf_counter()
     data = data if data is not None else prepare_data(cfg, device, dataset)
     data_time = time.perf_counter() - t_data
+    _check_splits(cfg, data)
     tok = data.tokenizer
     tr, va, te = data.splits["train"], data.splits["val"], data.splits["test"]
     mcfg = ModelConfig.preset(cfg.model, len(tok), image_size=cfg.image_size, pad_id=tok.pad_id,
@@ -493,11 +597,16 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: A
     epoch_log = CsvLog(out / "metrics.csv", EPOCH_COLUMNS)
 
     start_epoch, step = 0, 0
+    # a run cut inside an epoch resumes at that epoch's next batch, with the epoch's data order and
+    # its step rows so far (the epoch's means in metrics.csv cover the whole epoch)
+    cut_order: np.ndarray | None = None
+    cut_rows: list[dict[str, Any]] = []
+    cut_time = 0.0
     best = {"epoch": -1, "val_macro_f1": -1.0, "val_nll": float("inf")}
     train_time, studies_seen, step_times = 0.0, 0, []
     ckpt_path = out / "last.pt"
     if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ckpt = load_checkpoint(ckpt_path, device, _CKPT_KEYS)
         saved = {k: v for k, v in ckpt["config"].items() if k not in _RESUMABLE_CHANGES}
         now = {k: v for k, v in cfg.to_dict().items() if k not in _RESUMABLE_CHANGES}
         if saved != now:
@@ -506,18 +615,35 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: A
                              "use another --out folder or pass --no-resume to start over")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        start_epoch, step = ckpt["epoch"] + 1, ckpt["step"]
+        pos = ckpt["scheduler"].get("position", {"epoch_complete": True})
+        step = ckpt["step"]
+        if pos["epoch_complete"]:
+            start_epoch = ckpt["epoch"] + 1
+        else:
+            start_epoch = ckpt["epoch"]
+            cut_order, cut_rows, cut_time = np.asarray(pos["order"]), list(pos["rows"]), pos["epoch_time_s"]
         best, train_time, studies_seen = ckpt["best"], ckpt["train_time"], ckpt["studies_seen"]
         step_times = ckpt.get("step_times", [])
         _set_rng_state(ckpt["rng"], data_rng)
         steps_log.truncate("step", step - 1)
-        epoch_log.truncate("epoch", start_epoch - 1)
+        epoch_log.truncate("epoch", step // n_batches - 1)
+        if step < total_steps:  # an earlier stopped-early result no longer describes this folder
+            for stale in ("summary.json", "generations_test.jsonl", "metrics_test.json"):
+                (out / stale).unlink(missing_ok=True)
     else:
+        for stale in _STALE:
+            (out / stale).unlink(missing_ok=True)
         steps_log.reset()
         epoch_log.reset()
-        for stale in ("best.pt", "summary.json", "generations_test.jsonl", "generations_val.jsonl"):
-            (out / stale).unlink(missing_ok=True)
     atomic_write_text(out / "config.json", json.dumps(cfg.to_dict(), indent=2))
+
+    def checkpoint(epoch: int, position: dict[str, Any]) -> None:
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                           "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
+                                         "base_lrs": base_lrs, "position": position},
+                           "rng": _rng_state(data_rng), "epoch": epoch, "step": step, "best": best,
+                           "train_time": train_time, "studies_seen": studies_seen, "step_times": step_times,
+                           "config": cfg.to_dict(), "model_config": mcfg.to_dict()}, ckpt_path)
 
     bar = None
     if cfg.progress:
@@ -527,15 +653,18 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: A
             bar = tqdm(total=total_steps, initial=step, desc=f"{cfg.method} s{cfg.seed}", unit="step", leave=False)
         except ImportError:  # the GPU machine may lack tqdm: fall back to one line per epoch
             bar = None
-    stopped_early = False
-    epochs_completed = start_epoch
+    out_of_time = False
     loop_start = time.perf_counter()
     model.train()
     for epoch in range(start_epoch, cfg.epochs):
-        t_epoch = time.perf_counter()
-        order = data_rng.permutation(len(tr))
-        rows: list[dict[str, Any]] = []
-        for b in range(n_batches):
+        t_epoch = time.perf_counter() - cut_time
+        if cut_order is not None:  # resuming inside this epoch: its order was drawn before the cut
+            order, rows = cut_order, cut_rows
+            cut_order, cut_rows, cut_time = None, [], 0.0
+        else:
+            order, rows = data_rng.permutation(len(tr)), []
+        first = len(rows)
+        for b in range(first, n_batches):
             idx = torch.as_tensor(order[b * cfg.batch_size:(b + 1) * cfg.batch_size], device=device)
             t0 = time.perf_counter()
             f = lr_factor(step, cfg.warmup_steps, total_steps, cfg.min_lr_ratio)
@@ -565,10 +694,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: A
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(epoch=epoch, nll=f"{lv[0]:.3f}", cls=f"{lv[1]:.3f}")
-            if cfg.max_train_seconds is not None and time.perf_counter() - loop_start > cfg.max_train_seconds:
-                stopped_early = True
+            if (cfg.max_train_seconds is not None and step < total_steps
+                    and time.perf_counter() - loop_start > cfg.max_train_seconds):
+                out_of_time = True
                 break
-        steps_log.append(rows)
+        steps_log.append(rows[first:])
+        if len(rows) < n_batches:
+            # cut inside the epoch: store the exact position, not a finished epoch, and skip the
+            # validation (it would score half an epoch); the rerun continues with batch len(rows)
+            checkpoint(epoch, {"epoch_complete": False, "batch": len(rows), "order": order, "rows": rows,
+                               "epoch_time_s": time.perf_counter() - t_epoch})
+            break
 
         # validation: greedy decoding, rule-labeler clinical F1 (the selection metric), NLL
         val_texts = generate_reports(model, va, tok, cfg.eval_batch_size, beam_size=1, autocast=autocast)
@@ -591,25 +727,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: A
                            "val_nll": val_nll, "val_macro_f1": val_f1,
                            "val_example_f1": ce["f1_example"], "best": int(is_best),
                            "epoch_time_s": time.perf_counter() - t_epoch}])
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                           "scheduler": {"kind": "warmup_cosine", "step": step, "total_steps": total_steps,
-                                         "base_lrs": base_lrs},
-                           "rng": _rng_state(data_rng), "epoch": epoch, "step": step, "best": best,
-                           "train_time": train_time, "studies_seen": studies_seen, "step_times": step_times,
-                           "config": cfg.to_dict(), "model_config": mcfg.to_dict()}, ckpt_path)
-        epochs_completed = epoch + 1
+        checkpoint(epoch, {"epoch_complete": True})
         if bar is None and cfg.progress:
             print(f"[{cfg.method} s{cfg.seed}] epoch {epoch + 1}/{cfg.epochs} step {step} "
                   f"val_macro_f1 {val_f1:.3f} val_nll {val_nll:.3f}", flush=True)
         if os.environ.get(EXIT_HOOK_ENV) == str(epoch):
             os._exit(75)  # simulate a kill right after the checkpoint (no cleanup, no summary)
-        if stopped_early:
+        if out_of_time:
             break
     if bar is not None:
         bar.close()
 
     summary = _finish(cfg, out, model, data, best, autocast, device, mcfg)
     all_steps = _read_csv(out / "steps.csv")
+    if [int(r["step"]) for r in all_steps] != list(range(step)):
+        # the lock keeps other writers out; this catches anything that still got in
+        raise ValueError(f"{out / 'steps.csv'} has {len(all_steps)} rows for {step} steps (another process wrote "
+                         f"to {out}?); pass --no-resume to train again")
     inner = np.array([float(r["inner"]) for r in all_steps]) if all_steps else np.zeros(0)
     cosv = np.array([float(r["cosine"]) for r in all_steps]) if all_steps else np.zeros(0)
     finite = np.isfinite(inner)
@@ -619,8 +753,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, resume: bool = True, dataset: A
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
         "torch": torch.__version__, "date_utc": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
         "threads": torch.get_num_threads(), "bf16": use_bf16,
-        "epochs_completed": epochs_completed, "steps": step,
-        "stopped_early": stopped_early,
+        "epochs_completed": step // n_batches, "steps": step, "steps_total": total_steps,
+        # only the time limit ends a run before its last step (a kill leaves no summary)
+        "stopped_early": step < total_steps,
         "train_time_s": train_time, "data_time_s": data_time, "loop_wall_s": time.perf_counter() - loop_start,
         "studies_per_s": studies_seen / train_time if train_time > 0 else float("nan"),
         "median_step_time_s": float(np.median(warm)) if len(warm) else float("nan"),
@@ -636,7 +771,7 @@ def _finish(cfg: TrainConfig, out: Path, model: ReportGenerator, data: PreparedD
             autocast: Any, device: torch.device, mcfg: ModelConfig) -> dict[str, Any]:
     """Reload the selected checkpoint, decode the test split, write generations and metrics."""
     if (out / "best.pt").exists():
-        model.load_state_dict(torch.load(out / "best.pt", map_location=device, weights_only=False)["model"])
+        model.load_state_dict(load_checkpoint(out / "best.pt", device, ("model",))["model"])
     te = data.splits["test"]
     t0 = time.perf_counter()
     gen = generate_reports(model, te, data.tokenizer, cfg.eval_batch_size, beam_size=cfg.beam_size, autocast=autocast)
@@ -648,11 +783,10 @@ def _finish(cfg: TrainConfig, out: Path, model: ReportGenerator, data: PreparedD
     # labels come from the full cleaned reference, the text the training labels came from
     refs_tok = r2gen_references(data.tokenizer, te.reports)
     gl, rl = np.asarray(label_reports(gen)), np.asarray(label_reports(te.reports))
-    with open(out / "generations_test.jsonl.tmp", "w", encoding="utf-8") as f:
-        for i, (sid, ref, rt, g) in enumerate(zip(te.ids, te.reports, refs_tok, gen)):
-            f.write(json.dumps({"id": sid, "reference": ref, "reference_tok": rt, "generated": g,
-                                "ref_labels": rl[i].astype(int).tolist(), "gen_labels": gl[i].astype(int).tolist()}) + "\n")
-    os.replace(out / "generations_test.jsonl.tmp", out / "generations_test.jsonl")
+    lines = [json.dumps({"id": sid, "reference": ref, "reference_tok": rt, "generated": g,
+                         "ref_labels": rl[i].astype(int).tolist(), "gen_labels": gl[i].astype(int).tolist()}) + "\n"
+             for i, (sid, ref, rt, g) in enumerate(zip(te.ids, te.reports, refs_tok, gen))]
+    atomic_write_text(out / "generations_test.jsonl", "".join(lines))
     test = {f"test_{k}": v for k, v in clinical_scores(gen, te.reports).items()}
     if cfg.text_metrics:
         from camegrad_mini.rrg.metrics import text_metrics
@@ -738,9 +872,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         summary = train(cfg, args.out, resume=not args.no_resume)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # bad input: config, data, checkpoint, a busy --out
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the machine: disk full, permissions
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if summary["stopped_early"]:
+        # not a failure (the limit is a budget the user set), but never mistaken for a full run
+        print(f"warning: stopped early by --max-train-seconds after {summary['steps']} of {summary['steps_total']} "
+              f"steps (summary.json says stopped_early); rerun without --no-resume to continue from there",
+              file=sys.stderr)
     keys = [k for k in ("test_f1_macro", "test_f1_example", "conflict_share", "studies_per_s") if k in summary]
     print(json.dumps({k: round(summary[k], 4) for k in keys}), flush=True)
     return 0
