@@ -245,7 +245,16 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
 
 
 def aggregate(rows: list[dict[str, Any]], metrics: Sequence[str] = HEADLINE_METRICS, baseline: str = "ls") -> dict[str, Any]:
-    """Mean and sd per method over seeds, and paired differences (method - baseline, same seed)."""
+    """Mean and sd per method over seeds, and paired differences (method - baseline, same seed).
+
+    A run whose summary says ``stopped_early`` (cut by ``--max-train-seconds``) trained fewer
+    steps than its peers: it is left out of the table and listed under ``"excluded"`` with the
+    steps it did, so a partial run never enters a comparison unnoticed.
+    """
+    excluded = [{"run": r.get("run"), "method": r["method"], "seed": r["seed"],
+                 "reason": f"stopped early after {r.get('steps', '?')} of {r.get('steps_total', '?')} steps"}
+                for r in rows if r.get("stopped_early")]
+    rows = [r for r in rows if not r.get("stopped_early")]
     methods = sorted({r["method"] for r in rows}, key=lambda m: (m != baseline, m))
     by = {(r["method"], r["seed"]): r for r in rows}
     table: dict[str, Any] = {}
@@ -266,7 +275,7 @@ def aggregate(rows: list[dict[str, Any]], metrics: Sequence[str] = HEADLINE_METR
                     entry[k]["paired_diff"] = {"mean": dm, "sd": dsd, "n": len(d), "per_seed": d,
                                                "wins": int(sum(x > 0 for x in d))}
         table[m] = entry
-    return {"baseline": baseline, "metrics": list(metrics), "methods": table}
+    return {"baseline": baseline, "metrics": list(metrics), "methods": table, "excluded": excluded}
 
 
 def always_normal(root: str | Path, text: bool = False, meteor: bool = False) -> dict[str, Any]:
@@ -373,6 +382,8 @@ def format_table(res: dict[str, Any], metrics: Sequence[str] = ("test_f1_macro",
     floor = res.get("always_normal") or {}
     if floor:
         lines.append(f"{'normal':<8}" + "".join(f"{(f'{floor[k]:.{digits}f}' if k in floor else '–'):>26}" for k in metrics))
+    for x in agg.get("excluded", []):
+        lines.append(f"left out: {x['run']} ({x['reason']}; rerun it to finish)")
     return "\n".join(lines)
 
 

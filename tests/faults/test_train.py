@@ -269,3 +269,21 @@ def test_export_refuses_a_destination_in_its_source(capsys, tmp_path, where):
     line = _one_error_line(err)
     assert rc == 2 and str(root) in line
     assert _snapshot(root) == before  # nothing written, overwritten or deleted
+
+
+def test_a_run_cut_by_the_time_limit_stays_out_of_the_comparison():
+    """A run that stopped early (fewer steps than its peers) entered the mean and the paired
+    differences of ``aggregate`` as if it were complete; it is now left out and named."""
+    def row(method, seed, f1, **extra):
+        return {"run": E.run_name(method, seed), "method": method, "seed": seed, "test_f1_macro": f1, **extra}
+
+    rows = [row("ls", 0, 0.10), row("ls", 1, 0.20), row("came", 0, 0.15),
+            row("came", 1, 0.90, stopped_early=True, steps=3, steps_total=240)]
+    agg = E.aggregate(rows, metrics=("test_f1_macro",))
+    came = agg["methods"]["came"]
+    assert came["seeds"] == [0] and came["test_f1_macro"]["mean"] == pytest.approx(0.15)
+    assert came["test_f1_macro"]["paired_diff"]["per_seed"] == [pytest.approx(0.05)]
+    assert agg["excluded"] == [{"run": E.run_name("came", 1), "method": "came", "seed": 1,
+                                "reason": "stopped early after 3 of 240 steps"}]
+    table = E.format_table({"aggregate": agg}, metrics=("test_f1_macro",))
+    assert "left out: " + E.run_name("came", 1) in table
