@@ -25,9 +25,17 @@ are only labelled when a size word is nearby ("normal", "upper limits of normal"
 
 Aggregation per observation: positive > uncertain > negative > blank (a positive mention anywhere
 wins), a positive or uncertain "heart failure"/"chf" adds an uncertain Cardiomegaly, and
-No Finding is positive exactly when no observation other than Support Devices and no *other
-abnormal finding* (emphysema, granuloma, hernia, scoliosis, ...; ``MENTIONS["_other"]``) is
-positive or uncertain; otherwise No Finding is blank.
+No Finding is positive exactly when the report *says something* (has a word: a letter or digit)
+and no observation other than Support Devices and no *other abnormal finding* (emphysema,
+granuloma, hernia, scoliosis, ...; ``MENTIONS["_other"]``) is positive or uncertain; otherwise
+No Finding is blank. The first condition is the book's choice, in the spirit of the CheXpert and
+CheXbert labelers (No Finding asserts that a read study is normal): an empty or punctuation-only
+report gets no label at all, so an empty generation earns no clinical-efficacy credit on
+No Finding. A report of words that mention nothing ("xxxx .") is still No Finding.
+
+Cost: linear in the length of a report. The cues before a mention are found with one scan per
+clause (:class:`_Cues`), not one scan of the text before each mention, which made a long clause of
+repeated findings quadratic (100k characters took 40 s).
 
 Output codes follow PromptMRG's four classes so that they can be used directly as targets of a
 14 x 4 classification head: 0 blank (not mentioned), 1 positive, 2 negative, 3 uncertain.
@@ -45,7 +53,9 @@ hand-labelled fixture in ``tests/fixtures/rrg`` was written before looking at th
 from __future__ import annotations
 
 import functools
+import itertools
 import re
+from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -236,6 +246,7 @@ _ATTR_UNC_RE = re.compile(r"\b(?:" + _ATTR_UNC + r")\b")
 _ATTR_NEG_RE = re.compile(r"\b(?:" + _ATTR_NEG + r")\b")
 _CUT_POS_WINDOW = re.compile(r"\b(?:with|and|but|or|while)\b")
 _CHF_RE = re.compile(r"\b(?:chf|heart failure)\b")
+_WORD = re.compile(r"[^\W_]")     # a letter or digit: the report says something
 
 
 def normalize(text: str) -> str:
@@ -260,34 +271,220 @@ def clauses(text: str) -> list[str]:
     return out
 
 
-def _overlaps(span: tuple[int, int], spans: list[tuple[int, int]]) -> bool:
-    return any(a < span[1] and span[0] < b for a, b in spans)
+class _Blocked:
+    """The spans a mention of ``obs`` in ``clause`` must not overlap: its unmentions and, for an
+    anatomical mention, the explicit mentions. A lookup is O(log n) (scanning a list for every
+    mention was quadratic in the mentions of a clause); the spans are only found once asked for,
+    as most observations are not mentioned in a clause at all."""
+
+    def __init__(self, obs: str, clause: str, *, attribute: bool = False) -> None:
+        self.obs, self.clause, self.attribute = obs, clause, attribute
+        self._starts: list[int] | None = None
+
+    def _find(self) -> None:
+        obs, clause = self.obs, self.clause
+        spans = [m.span() for m in _UNMENTION_RE[obs].finditer(clause)] if obs in _UNMENTION_RE else []
+        if self.attribute:
+            # an anatomical word inside an explicit mention ("mediastinal widening") is not a second mention
+            spans += [m.span() for m in _MENTION_RE[obs].finditer(clause)]
+        spans.sort()
+        self._starts = [a for a, _ in spans]
+        # the furthest end among the first i + 1 spans (spans of two regexes may nest or overlap)
+        self._reach = list(itertools.accumulate((b for _, b in spans), max))
+
+    def hits(self, span: tuple[int, int]) -> bool:
+        """Whether a blocked ``(a, b)`` has ``a < end`` and ``start < b``."""
+        if self._starts is None:
+            self._find()
+        start, end = span
+        i = bisect_left(self._starts, end)            # the blocked spans with a < end
+        return i > 0 and self._reach[i - 1] > start
 
 
-def _classify(clause: str, start: int, end: int) -> int:
-    """State of the mention ``clause[start:end]`` from the cues around it (module docstring)."""
-    before = clause[:start]
+# _Cues finds a cue in the text before a mention from one scan of a longer text. That is exact for
+# regexes that see no further than what they match: no lookaround, no anchor, no \B (checked here).
+for _rx in (_SCOPE_END, _PRE_NEG_UNCERTAIN, _PSEUDO_NEG, _NEG_PRE, _UNC_PRE):
+    assert not re.search(r"\(\?[=!<]|[$^]|\\[BAZz]", _rx.pattern), _rx.pattern
+# A negation or uncertainty cue spans at most _CUE_SPACES spaces: its patterns match a space only
+# as a literal that is not repeated (checked here), so no match holds more spaces than its pattern.
+for _rx in (_NEG_PRE, _UNC_PRE):
+    assert set(re.findall(r"\\.", _rx.pattern)) <= {r"\b", r"\w"}, _rx.pattern
+    assert not re.search(r"\.|\[[^]]*[ ^\\]|[) ][*+{]", _rx.pattern), _rx.pattern
+_CUE_SPACES = max(_NEG_PRE.pattern.count(" "), _UNC_PRE.pattern.count(" "))
+_WORD_CHAR = re.compile(r"\w")
+
+
+def _found(span: tuple[int, int] | None, k: int) -> bool | None:
+    """Whether a regex whose first match in a text is ``span`` matches in ``text[:k]``, when
+    ``text[k - 1]`` is not a word character; None if the match straddles ``k`` (unknown)."""
+    if span is None or span[0] >= k:
+        return False
+    return True if span[1] < k else None
+
+
+def _first(rx: re.Pattern[str], text: str) -> tuple[int, int] | None:
+    m = rx.search(text)
+    return m.span() if m else None
+
+
+class _Scope:
+    """The first cues of one scope of a clause (from a scope end to the next scope-end word)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pre_neg_uncertain = _first(_PRE_NEG_UNCERTAIN, text)
+        pseudo = [m.span() for m in _PSEUDO_NEG.finditer(text)]
+        self._pseudo_starts = [a for a, _ in pseudo]
+        self._pseudo_ends = [b for _, b in pseudo]
+        # characters lost by masking the first i pseudo-negations with " _ "
+        self._shrink = [0, *itertools.accumulate(b - a - 3 for a, b in pseudo)]
+        self.masked = _PSEUDO_NEG.sub(" _ ", text)
+        self.neg = _first(_NEG_PRE, self.masked)
+        self.unc = _first(_UNC_PRE, self.masked)
+
+    def cues(self, j: int) -> tuple[bool, bool, bool] | None:
+        """(pre-negation uncertainty, negation, uncertainty) in ``text[:j]``; None: unknown."""
+        i = bisect_left(self._pseudo_ends, j)                  # pseudo-negations ending before j
+        if i < len(self._pseudo_starts) and self._pseudo_starts[i] < j:
+            found = (_found(self.pre_neg_uncertain, j), *self._cut_pseudo(i, j))
+        else:
+            jm = j - self._shrink[i]                            # j in the masked text
+            found = (_found(self.pre_neg_uncertain, j), _found(self.neg, jm), _found(self.unc, jm))
+        return None if None in found else found
+
+    def _cut_pseudo(self, i: int, j: int) -> tuple[bool, bool]:
+        """Negation and uncertainty cues in ``text[:j]`` when pseudo-negation ``i`` straddles ``j``
+        ("no change device": the mention "change device" starts inside "no change"). The prefix,
+        masked, is the masked text up to that pseudo-negation (``masked[:cut]``) and then its own
+        cut-off words: a cue is either in the first part or ends in the second, and then it starts
+        within the last ``_CUE_SPACES`` spaces before the cut."""
+        start = self._pseudo_starts[i]
+        cut = start - self._shrink[i]
+        pieces, at = [], start
+        for m in _PSEUDO_NEG.finditer(self.text, start, j):    # the prefix's own pseudo-negations
+            pieces += [self.text[at:m.start()], " _ "]
+            at = m.end()
+        pieces.append(self.text[at:j])
+        lo = cut
+        for _ in range(_CUE_SPACES + 1):
+            lo = self.masked.rfind(" ", 0, lo)
+            if lo < 0:
+                break
+        near = self.masked[lo + 1:cut] + "".join(pieces)
+        return (_found(self.neg, cut) is True or bool(_NEG_PRE.search(near)),
+                _found(self.unc, cut) is True or bool(_UNC_PRE.search(near)))
+
+
+class _Cues:
+    """The negation and uncertainty cues of one clause, scanned once.
+
+    A mention's cues are those in the text before it, back to the last scope end. Scanning that
+    text anew for every mention costs O(len(clause)) each, so a clause of n repeated findings took
+    O(n^2) (100k characters: 40 s). Here the scope ends are found once, each scope is scanned
+    once, and a mention asks which cues end before it. That is what a scan of ``clause[:start]``
+    finds, because a mention starts after a non-word character and the cue regexes look no further
+    than they match: a match ending before ``start`` is found by both scans, one starting at or
+    after it by neither. A mention that starts inside a cue ("is device" in "there is device",
+    "change device" in "no change device"; never on the IU reports) needs a closer look: around
+    the cut for a pseudo-negation (:meth:`_Scope._cut_pseudo`), else a scan of the prefix's last
+    scope, which happens at most for the first cue of a scope.
+    """
+
+    def __init__(self, clause: str) -> None:
+        self.clause = clause
+        spans = [m.span() for m in _SCOPE_END.finditer(clause)]
+        self._starts = [a for a, _ in spans]
+        self._ends = [b for _, b in spans]
+        self._scopes: dict[int, _Scope] = {}
+
+    def before(self, start: int) -> tuple[bool, bool, bool]:
+        """What :func:`_cues_before` ``(clause, start)`` returns."""
+        clause = self.clause
+        i = bisect_left(self._ends, start)                      # scope ends before the mention
+        lo = self._ends[i - 1] if i else 0
+        if (start == 0 or _WORD_CHAR.match(clause, start - 1)
+                or (i < len(self._starts) and self._starts[i] < start)):   # a scope end straddles it
+            return _cues_before(clause, start, lo)
+        if i not in self._scopes:
+            hi = self._starts[i] if i < len(self._starts) else len(clause)
+            self._scopes[i] = _Scope(clause[lo:hi])
+        found = self._scopes[i].cues(start - lo)
+        return found if found is not None else _cues_before(clause, start, lo)
+
+
+def _cues_before(clause: str, start: int, scanned: int = 0) -> tuple[bool, bool, bool]:
+    """(pre-negation uncertainty, negation, uncertainty) cues in the scope before ``clause[start]``,
+    by scanning ``clause[:start]``: the definition :class:`_Cues` must agree with. A scan of the
+    scope ends of ``clause[:start]`` is known to reach ``scanned`` between two matches."""
     # A cue's scope ends at a terminator: only look at the text after the last terminator.
-    cut = [m.end() for m in _SCOPE_END.finditer(before)]
-    scope = before[cut[-1]:] if cut else before
+    lo = scanned
+    for m in _SCOPE_END.finditer(clause, scanned, start):      # endpos: as if cut at start
+        lo = m.end()
+    scope = clause[lo:start]
     scope_masked = _PSEUDO_NEG.sub(" _ ", scope)
-    after = clause[end:]
-    if _PRE_NEG_UNCERTAIN.search(scope) or _PRE_NEG_UNCERTAIN.search(after[:60]):
+    return (bool(_PRE_NEG_UNCERTAIN.search(scope)), bool(_NEG_PRE.search(scope_masked)),
+            bool(_UNC_PRE.search(scope_masked)))
+
+
+def _at(rx: re.Pattern[str]) -> re.Pattern[str]:
+    """``rx`` without its leading ``^``: ``_at(rx).match(clause, end)`` is ``rx.search(clause[end:])``
+    (the pattern then starts with whitespace, not an assertion), without copying the rest of the
+    clause for every mention."""
+    assert rx.pattern.startswith(r"^(?:\s+\w+)"), rx.pattern
+    return re.compile(rx.pattern[1:])
+
+
+_NEG_POST_AT = _at(_NEG_POST)
+_UNC_POST_AT = _at(_UNC_POST)
+
+
+def _classify(clause: str, start: int, end: int, cues: _Cues | None = None) -> int:
+    """State of the mention ``clause[start:end]`` from the cues around it (module docstring).
+
+    Pass the clause's ``cues`` when classifying many mentions of one clause (linear cost)."""
+    found = cues.before(start) if cues is not None else _cues_before(clause, start)
+    pre_neg_uncertain, negated, uncertain = found
+    if pre_neg_uncertain or _PRE_NEG_UNCERTAIN.search(clause[end:end + 60]):
         return UNCERTAIN
-    if _NEG_PRE.search(scope_masked) or _NEG_POST.search(after):
+    if negated or _NEG_POST_AT.match(clause, end):
         return NEGATIVE
-    if _UNC_PRE.search(scope_masked) or _UNC_POST.search(after):
+    if uncertain or _UNC_POST_AT.match(clause, end):
         return UNCERTAIN
     return POSITIVE
 
 
+def _words_before(clause: str, start: int, n: int, cut: str | None = None) -> list[str]:
+    """``clause[:start].split(cut)[-1].split()[-n:]`` (``cut`` None: no cut), reading back only as
+    far as needed: splitting the whole prefix for every mention was quadratic."""
+    width = 64
+    while True:
+        lo = max(0, start - width)
+        window = clause[lo:start]
+        if cut is not None and cut in window:
+            return window.rsplit(cut, 1)[1].split()[-n:]
+        words = window.split()
+        if lo == 0 or len(words) > n:          # the first word may be cut off; it is not returned
+            return words[-n:]
+        width *= 4
+
+
+def _words_after(clause: str, end: int, n: int) -> list[str]:
+    """``clause[end:].split()[:n]``, reading on only as far as needed."""
+    width = 64
+    while True:
+        words = clause[end:end + width].split()
+        if end + width >= len(clause) or len(words) > n:
+            return words[:n]
+        width *= 4
+
+
 def _attribute_state(clause: str, start: int, end: int) -> int:
     """State of an anatomical mention (heart, mediastinum) from size words within a few words."""
-    left = " ".join(clause[:start].split()[-4:])
+    left = " ".join(_words_before(clause, start, 4))
     # "normal" before the noun must be adjacent ("normal heart size", "unremarkable mediastinum"),
     # and never from the previous clause ("heart size within normal limits, stable mediastinum")
-    left_near = " ".join(clause[:start].split(",")[-1].split()[-2:])
-    right_words = clause[end:].split()[:8]
+    left_near = " ".join(_words_before(clause, start, 2, cut=","))
+    right_words = _words_after(clause, end, 8)
     right = " ".join(right_words)
     # A positive size word must sit close and must not belong to the next noun phrase
     # ("normal heart size with enlarged pulmonary arteries"), so its window stops at a conjunction.
@@ -329,28 +526,28 @@ def _label_cached(text: str) -> tuple[int, ...]:
 
 
 def _label_uncached(text: str) -> np.ndarray:
+    if not _WORD.search(text):
+        # nothing said, nothing labelled: not even No Finding (module docstring)
+        return np.zeros(len(CHEXPERT_OBSERVATIONS), dtype=np.int8)
     states = {k: BLANK for k in list(MENTIONS) + ["No Finding"]}
     chf = BLANK
     for clause in clauses(text):
+        cues = _Cues(clause)
         for obs, rx in _MENTION_RE.items():
-            unm = _UNMENTION_RE.get(obs)
-            blocked = [m.span() for m in unm.finditer(clause)] if unm else []
+            blocked = _Blocked(obs, clause)
             for m in rx.finditer(clause):
-                if _overlaps(m.span(), blocked):
+                if blocked.hits(m.span()):
                     continue
-                s = _classify(clause, *m.span())
+                s = _classify(clause, *m.span(), cues)
                 if s == POSITIVE and FORCED_UNCERTAIN.search(m.group(0)):
                     s = UNCERTAIN
                 states[obs] = _merge(states[obs], s)
                 if obs == "Edema" and _CHF_RE.fullmatch(m.group(0)):
                     chf = _merge(chf, s)
         for obs, rx in _ATTR_RE.items():
-            unm = _UNMENTION_RE.get(obs)
-            blocked = [m.span() for m in unm.finditer(clause)] if unm else []
-            # an anatomical word inside an explicit mention ("mediastinal widening") is not a second mention
-            blocked += [m.span() for m in _MENTION_RE[obs].finditer(clause)]
+            blocked = _Blocked(obs, clause, attribute=True)
             for m in rx.finditer(clause):
-                if _overlaps(m.span(), blocked):
+                if blocked.hits(m.span()):
                     continue
                 states[obs] = _merge(states[obs], _attribute_state(clause, *m.span()))
     if chf in (POSITIVE, UNCERTAIN):
@@ -371,6 +568,8 @@ def label_reports(reports: Sequence[str]) -> np.ndarray:
         raise ValueError("reports must be a sequence of strings, not one string")
     out = np.zeros((len(reports), len(CHEXPERT_OBSERVATIONS)), dtype=np.int8)
     for i, r in enumerate(reports):
+        if not isinstance(r, str):
+            raise ValueError(f"reports[{i}] must be a str, got {type(r).__name__}")
         out[i] = label_report(r)
     return out
 
@@ -386,15 +585,14 @@ def explain(text: str) -> list[tuple[str, str, str]]:
     """``(clause, observation, state)`` for every mention found: for debugging rules and teaching."""
     rows = []
     for clause in clauses(text):
+        cues = _Cues(clause)
         for obs, rx in list(_MENTION_RE.items()) + list(_ATTR_RE.items()):
-            unm = _UNMENTION_RE.get(obs)
-            blocked = [m.span() for m in unm.finditer(clause)] if unm else []
-            if rx in _ATTR_RE.values():
-                blocked += [m.span() for m in _MENTION_RE[obs].finditer(clause)]
+            attribute = rx in _ATTR_RE.values()
+            blocked = _Blocked(obs, clause, attribute=attribute)
             for m in rx.finditer(clause):
-                if _overlaps(m.span(), blocked):
+                if blocked.hits(m.span()):
                     continue
-                s = _attribute_state(clause, *m.span()) if rx in _ATTR_RE.values() else _classify(clause, *m.span())
+                s = _attribute_state(clause, *m.span()) if attribute else _classify(clause, *m.span(), cues)
                 if s != BLANK:
                     rows.append((clause.strip(), f"{obs}:{m.group(0)}", STATE_NAMES[s]))
     return rows

@@ -5,6 +5,10 @@ PromptMRG use, on whitespace tokens without the PTB tokenizer (R2Gen's conventio
 runs a Java program: when ``java`` is not on the PATH it is skipped and the result says so in
 ``notes`` instead of crashing. As in R2Gen, references should be the *decoded* cleaned reports
 (truncated, ``<unk>``-mapped: :func:`r2gen_references`), identical for every compared method.
+Every text is checked first (a ``str``, one hypothesis per reference: a bad entry is named by
+index, and id when ``ids`` are given, before any scorer starts) and then made safe for the scorers
+in one place, :func:`_scorer_text`: line breaks, other control characters and METEOR's field
+separator ``|||`` become spaces (METEOR reads one line per hypothesis; a newline used to hang it).
 
 Clinical efficacy ("rule-labeler CE", not CheXbert CE): the labeler of
 :mod:`~camegrad_mini.rrg.labeler` is applied to references and generations alike; positive or
@@ -21,6 +25,7 @@ of findings are normal, so a constant normal report scores well on example-F1 an
 """
 from __future__ import annotations
 
+import re
 import shutil
 from collections import Counter
 from collections.abc import Sequence
@@ -40,24 +45,58 @@ def java_available() -> bool:
     return shutil.which("java") is not None
 
 
-def text_metrics(refs: Sequence[str], hyps: Sequence[str], *, meteor: bool = True) -> dict:
-    """Corpus BLEU-1..4, METEOR, ROUGE-L, CIDEr of ``hyps`` against one reference each.
+# METEOR's Java program reads one "SCORE ||| ref ||| hyp" request per line of stdin: a line break
+# inside a text splits a request in two and both sides wait on each other, and "|||" shifts the
+# fields. No scorer means anything by other control characters either, so they go too.
+_UNSAFE_FOR_SCORERS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]|\|\|\|")
 
-    Returns a dict with those keys (METEOR may be None) and ``notes`` (list of str).
-    """
+
+def _scorer_text(text: str) -> str:
+    """``text`` as every scorer sees it: unsafe characters -> spaces, nothing else changed (ROUGE-L
+    splits on single spaces, so collapsing R2Gen's double spaces would move published numbers)."""
+    text = _UNSAFE_FOR_SCORERS.sub(" ", text)
+    # an empty generation would crash some scorers; a lone "." scores (almost) zero as it should
+    return text if text.strip() else "."
+
+
+def _check_pair(refs, hyps, ids) -> None:
+    """One hypothesis per reference (and one id per pair): checked before any work is done."""
     if isinstance(refs, str) or isinstance(hyps, str):
         raise ValueError("refs and hyps must be sequences of strings, not single strings")
     if len(refs) != len(hyps):
-        raise ValueError(f"refs ({len(refs)}) and hyps ({len(hyps)}) must have the same length")
-    if not refs:
+        raise ValueError(f"refs ({len(refs)}) and hyps ({len(hyps)}) must have the same length "
+                         "(one hypothesis per reference)")
+    if ids is not None and len(ids) != len(refs):
+        raise ValueError(f"ids ({len(ids)}) and refs ({len(refs)}) must have the same length")
+
+
+def _check_texts(texts, name: str, ids=None) -> None:
+    """Every entry must be a report text: name the first one that is not, by index and id."""
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            where = f"{name}[{i}]" + (f" (id {ids[i]!r})" if ids is not None else "")
+            what = "None" if t is None else f"of type {type(t).__name__} ({t!r:.40})"
+            raise TypeError(f"{where} is {what}, not a report text (str)")
+
+
+def text_metrics(refs: Sequence[str], hyps: Sequence[str], *, meteor: bool = True,
+                 ids: Sequence | None = None) -> dict:
+    """Corpus BLEU-1..4, METEOR, ROUGE-L, CIDEr of ``hyps`` against one reference each.
+
+    ``ids`` (optional, one per pair) only name a bad entry in the error. Returns a dict with the
+    metric keys (METEOR may be None) and ``notes`` (list of str).
+    """
+    _check_pair(refs, hyps, ids)
+    if not len(refs):
         raise ValueError("refs must not be empty")
+    _check_texts(refs, "refs", ids)
+    _check_texts(hyps, "hyps", ids)
     from pycocoevalcap.bleu.bleu import Bleu
     from pycocoevalcap.cider.cider import Cider
     from pycocoevalcap.rouge.rouge import Rouge
 
-    # an empty generation would crash some scorers; a lone "." scores (almost) zero as it should
-    gts = {i: [r if r.strip() else "."] for i, r in enumerate(refs)}
-    res = {i: [h if h.strip() else "."] for i, h in enumerate(hyps)}
+    gts = {i: [_scorer_text(r)] for i, r in enumerate(refs)}
+    res = {i: [_scorer_text(h)] for i, h in enumerate(hyps)}
     out: dict = {"notes": []}
     bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
     for n in range(4):
@@ -69,16 +108,23 @@ def text_metrics(refs: Sequence[str], hyps: Sequence[str], *, meteor: bool = Tru
         out["notes"].append("METEOR skipped: no `java` on the PATH (install a JRE, e.g. "
                             "`apt-get install default-jre-headless`); the other metrics are unaffected")
     else:
-        from pycocoevalcap.meteor.meteor import Meteor
-
-        scorer = Meteor()
-        try:
-            out["METEOR"] = float(scorer.compute_score(gts, res)[0])
-        finally:
-            _close_meteor(scorer)
+        out["METEOR"] = _meteor(gts, res)
     out["ROUGE_L"] = float(Rouge().compute_score(gts, res)[0])
     out["CIDEr"] = float(Cider().compute_score(gts, res)[0])
     return out
+
+
+def _meteor(gts: dict, res: dict) -> float:
+    """Corpus METEOR; a failure of the Java program is an error that says so, never a hang."""
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    scorer = Meteor()
+    try:
+        return float(scorer.compute_score(gts, res)[0])
+    except (ValueError, OSError) as e:      # a reply that is not a number, or a dead process
+        raise RuntimeError(f"METEOR (pycocoevalcap's Java program) failed: {e}") from e
+    finally:
+        _close_meteor(scorer)
 
 
 def _close_meteor(scorer) -> None:
@@ -86,20 +132,32 @@ def _close_meteor(scorer) -> None:
     proc = getattr(scorer, "meteor_p", None)
     if proc is None:
         return
-    with scorer.lock:
-        for stream in (proc.stdin, proc.stdout, proc.stderr):
-            try:
-                stream.close()
-            except (OSError, AttributeError):
-                pass
-        proc.kill()
-        proc.wait()
-    # meteor_p stays set: pycocoevalcap's __del__ closes and kills it again, which is harmless
+    # No waiting on scorer.lock: compute_score keeps it when it raises, so waiting would hang
+    # forever. This scorer is ours alone, so killing its process without the lock is safe.
+    proc.kill()
+    for stream in (proc.stdin, proc.stdout, proc.stderr):
+        try:
+            stream.close()
+        except (OSError, AttributeError):
+            pass
+    proc.wait()
+    # pycocoevalcap's __del__ takes the lock, then closes and kills again (harmless): free the lock
+    # a failed compute_score left taken, or the garbage collector would wait on it forever.
+    if scorer.lock.locked():
+        scorer.lock.release()
 
 
-def _as_binary(x) -> np.ndarray:
+def _is_texts(x) -> bool:
+    """Reports (or junk meant as reports, such as None), as opposed to a label array."""
+    if isinstance(x, np.ndarray) and x.dtype.kind not in "OUS":
+        return False
+    return any(v is None or isinstance(v, str) for v in x)
+
+
+def _as_binary(x, name: str = "reports", ids=None) -> np.ndarray:
     """Reports -> labeler; int codes (0 blank, 1 pos, 2 neg, 3 unc) or 0/1 floats -> binary."""
-    if len(x) and isinstance(x[0], str):
+    if _is_texts(x):
+        _check_texts(x, name, ids)
         return labels_to_binary(label_reports(list(x)))
     a = np.asarray(x)
     if a.ndim != 2 or a.shape[1] != len(CHEXPERT_OBSERVATIONS):
@@ -120,10 +178,14 @@ def _prf(tp, fp, fn):
     return p, r, f
 
 
-def clinical_efficacy(refs, hyps) -> dict:
-    """Rule-labeler CE of ``hyps`` against ``refs`` (reports, or label arrays; module docstring)."""
-    y = _as_binary(refs)
-    yh = _as_binary(hyps)
+def clinical_efficacy(refs, hyps, *, ids: Sequence | None = None) -> dict:
+    """Rule-labeler CE of ``hyps`` against ``refs`` (reports, or label arrays; module docstring).
+
+    ``ids`` (optional, one per pair) only name a bad entry in the error.
+    """
+    _check_pair(refs, hyps, ids)
+    y = _as_binary(refs, "refs", ids)
+    yh = _as_binary(hyps, "hyps", ids)
     if y.shape != yh.shape:
         raise ValueError(f"refs and hyps must describe the same studies: {y.shape} vs {yh.shape}")
     tp = (y * yh).sum(0)
