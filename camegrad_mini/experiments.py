@@ -16,7 +16,10 @@ Every run is noisy multi-task descent on a 2-D two-task problem of
 
 The noise is drawn from ``np.random.default_rng(seed)`` in the same order for every method, so
 with state-independent ("isotropic") noise all methods see the same noise sequence: comparisons
-between methods are *paired* (common random numbers), which :func:`paired_difference` exploits.
+between methods are *paired* (common random numbers), which ``paired_difference`` exploits: it is
+:func:`camegrad_mini.stats.paired_difference` (re-exported here, with
+:func:`~camegrad_mini.stats.mean_interval`), a t-based confidence interval for the mean per-seed
+difference with ``n_seeds - 1`` degrees of freedom.
 
 Metrics are computed on the **exact** gradients: the Pareto-stationarity gap
 ``min_{a in [0,1]} |a g_0 + (1 - a) g_1|`` (zero exactly at Pareto-stationary points), the distance
@@ -36,6 +39,7 @@ from .dilemma import TaskNoise
 from .geometry import pareto_stationarity_gap
 from .optim import functional as F
 from .problems import Problem
+from .stats import TInterval, mean_interval, paired_difference
 
 __all__ = [
     "Method",
@@ -54,7 +58,8 @@ __all__ = [
     "summarize",
     "mean_sd_text",
     "paired_difference",
-    "PairedDifference",
+    "mean_interval",
+    "TInterval",
     "format_table",
     "count_backward_passes",
 ]
@@ -390,7 +395,11 @@ def update_conflict(displacements: Array, grads: Array) -> Array:
 
 
 def mean_sd(values: Array, axis: int = 0) -> tuple[Array, Array]:
-    """Mean and sample standard deviation (ddof=1) over seeds (``axis``)."""
+    """Mean and sample standard deviation (ddof=1) over seeds (``axis``).
+
+    The standard deviation describes the spread between seeds, not the uncertainty of the mean;
+    to compare two methods use :func:`~camegrad_mini.stats.paired_difference`.
+    """
     values = np.asarray(values, dtype=float)
     if values.shape[axis] < 2:
         raise ValueError(f"need at least two seeds along axis {axis}, got {values.shape[axis]}")
@@ -437,41 +446,9 @@ def summarize(run: Run, pareto_set: Array | None = None, tail: float = 0.25) -> 
 
 
 def mean_sd_text(values: Array, digits: int = 3) -> str:
-    """``"mean ± sd"`` over seeds (sample sd), rounded to ``digits`` decimals."""
+    """``"mean ± sd"`` over seeds (sample standard deviation), rounded to ``digits`` decimals."""
     m, s = mean_sd(values)
     return f"{float(m):.{digits}f} ± {float(s):.{digits}f}"
-
-
-@dataclass(frozen=True)
-class PairedDifference:
-    """Mean of per-seed differences ``a - b``, its standard error, and a verdict.
-
-    ``within_noise`` is True when ``|mean| < 2 * se``: the difference is not distinguishable
-    from seed-to-seed variation (roughly a 95% interval around the mean that covers 0).
-    """
-
-    mean: float
-    se: float
-    within_noise: bool
-
-
-def paired_difference(a: Array, b: Array) -> PairedDifference:
-    """Compare two methods seed by seed (runs with common random numbers).
-
-    Args:
-        a: Per-seed metric of method A, ``(S,)`` with ``S >= 2``.
-        b: Per-seed metric of method B, same shape.
-
-    Returns:
-        A :class:`PairedDifference` of ``a - b``.
-    """
-    a, b = np.asarray(a, float), np.asarray(b, float)
-    if a.shape != b.shape or a.ndim != 1 or a.size < 2:
-        raise ValueError(f"a and b must be 1-D arrays of the same length >= 2, got {a.shape} and {b.shape}")
-    diff = a - b
-    mean = float(diff.mean())
-    se = float(diff.std(ddof=1) / math.sqrt(diff.size))
-    return PairedDifference(mean, se, bool(abs(mean) < 2.0 * se) or (se == 0.0 and mean == 0.0))
 
 
 def format_table(rows: Mapping[str, Mapping[str, str | float]], digits: int = 3, width: int = 14) -> str:

@@ -207,15 +207,30 @@ def test_summaries_and_statistics():
         E.tail_mean(v, 0.0)
 
 
-def test_paired_difference_verdicts():
+def test_paired_difference_is_the_stats_helper():
+    """experiments re-exports camegrad_mini.stats: one t interval for chapters 5 and 6."""
+    from camegrad_mini import stats
+
+    assert E.paired_difference is stats.paired_difference and E.mean_interval is stats.mean_interval
     base = np.array([1.0, 2.0, 3.0, 4.0])
     clear = E.paired_difference(base + 0.5 + np.array([0.01, -0.01, 0.02, -0.02]), base)
-    assert clear.mean == pytest.approx(0.5) and not clear.within_noise
+    assert clear.mean == pytest.approx(0.5) and clear.excludes_zero and clear.wins == 4
     noisy = E.paired_difference(base + np.array([0.3, -0.3, 0.2, -0.1]), base)
-    assert noisy.within_noise
-    assert E.paired_difference(base, base).within_noise
+    assert noisy.covers(0.0) and noisy.df == 3
     with pytest.raises(ValueError, match="same length"):
         E.paired_difference(base, base[:3])
+
+
+def test_paired_runs_give_narrower_intervals_than_unpaired_spreads():
+    """Common random numbers: the paired interval of LS vs LS at a larger learning rate is far
+    narrower than what the two methods' own standard deviations would suggest."""
+    quad = QuadraticPair.ill_conditioned(10.0)
+    kw = dict(x0=(0.0, 2.0), steps=200, n_seeds=6, seed=0, weights=W)
+    a = E.summarize(E.simulate(quad, E.make_method("ls"), E.SGD(0.015), TaskNoise(0.5), **kw))["gap"]
+    b = E.summarize(E.simulate(quad, E.make_method("ls"), E.SGD(0.01), TaskNoise(0.5), **kw))["gap"]
+    d = E.paired_difference(a, b)
+    assert d.excludes_zero and d.mean > 0
+    assert d.sd < 0.5 * min(a.std(ddof=1), b.std(ddof=1))
 
 
 def test_summarize_keys_and_shapes():

@@ -69,3 +69,25 @@ def test_plot_sensitivity_marks_the_default():
     assert len(dashed) == 1 and dashed[0].get_xdata()[0] == 0.5
     with pytest.raises(ValueError, match="shape"):
         VE.plot_sensitivity(vals, {"SGD": np.ones((2, 4))})
+
+
+def test_plot_sensitivity_paired_draws_t_intervals_from_the_default():
+    from camegrad_mini.stats import paired_difference
+
+    gen = np.random.default_rng(3)
+    seed_effect = gen.normal(0.0, 1.0, 6)
+    v = np.stack([seed_effect + k * 0.1 + gen.normal(0.0, 0.02, 6) for k in range(3)])
+    ax = VE.plot_sensitivity([0.0, 0.5, 1.0], {"SGD": v}, default=0.5, ylabel="gap", paired=True)
+    line = ax.lines[0]
+    expected = [paired_difference(row, v[1]) for row in v]
+    np.testing.assert_allclose(line.get_ydata(), [e.mean for e in expected])
+    assert line.get_ydata()[1] == 0.0
+    # the error bar of the last point spans exactly the t interval
+    segs = [c for c in ax.collections if c.get_segments()][0].get_segments()
+    np.testing.assert_allclose(np.asarray(segs[2])[:, 1], [expected[2].lo, expected[2].hi])
+    assert ax.get_ylabel() == "Δ gap vs default"
+    assert any(ln.get_ydata()[0] == 0.0 and ln.get_linestyle() == "-" for ln in ax.lines[1:])
+    with pytest.raises(ValueError, match="default"):
+        VE.plot_sensitivity([0.0, 0.5, 1.0], {"SGD": v}, default=0.3, paired=True)
+    with pytest.raises(ValueError, match="log"):
+        VE.plot_sensitivity([0.0, 0.5, 1.0], {"SGD": v}, default=0.5, paired=True, log=True)

@@ -1,8 +1,12 @@
 """Figures for chapter 5 (experiments on test problems): seed bands, end points, sensitivity curves.
 
 Every builder takes an optional matplotlib ``Axes`` and returns the ``Axes`` it drew on. Spread
-over seeds is always drawn as mean ± one sample standard deviation (ddof=1), the same statistic
-the chapter prints, so the figures and the tables agree. Methods keep one colour everywhere
+over seeds is drawn as mean ± one sample standard deviation (ddof=1), the same statistic the
+chapter's tables print, so the figures and the tables agree. A standard deviation describes how
+much single seeds differ; it is not an interval for the mean, and overlapping sd bars say nothing
+about whether two settings differ. For that, :func:`plot_sensitivity` with ``paired=True`` draws
+the paired difference from the default setting with its t-based confidence interval
+(:func:`camegrad_mini.stats.paired_difference`). Methods keep one colour everywhere
 (:data:`METHOD_COLORS`; unknown labels cycle through the default palette).
 """
 from __future__ import annotations
@@ -13,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.axes import Axes
 
+from ..stats import paired_difference
 from .pareto import plot_landscape
 
 __all__ = ["METHOD_COLORS", "method_color", "plot_bands", "plot_endpoints", "plot_positions",
@@ -142,30 +147,58 @@ def plot_positions(positions: Mapping[str, np.ndarray], ax: Axes | None = None, 
 
 def plot_sensitivity(values: Sequence[float], curves: Mapping[str, np.ndarray], ax: Axes | None = None, *,
                      xlabel: str = "hyperparameter", ylabel: str = "metric", default: float | None = None,
-                     log: bool = False) -> Axes:
-    """A metric against one hyperparameter, mean ± sd over seeds, the paper's default marked.
+                     log: bool = False, paired: bool = False, level: float = 0.95) -> Axes:
+    """A metric against one hyperparameter, one curve per label, the default value marked.
+
+    With ``paired=False`` each point is the mean over seeds with a bar of ± one sample standard
+    deviation (the spread between seeds). With ``paired=True`` each point is the mean per-seed
+    difference from the ``default`` grid value, ``metric(value) - metric(default)``, with its
+    ``level`` t confidence interval as the bar (:func:`camegrad_mini.stats.paired_difference`;
+    the runs must share their seeds), and a line at zero: a bar that misses zero is a difference
+    the seeds resolve.
 
     Args:
         values: The hyperparameter grid, length G.
         curves: ``label -> (G, S)`` per-seed metric at each grid value (e.g. one per base optimizer).
         ax: Axes (new figure if None).
-        xlabel, ylabel: Axis labels.
-        default: The paper's default value, drawn as a dashed vertical line.
-        log: Log-scale y axis.
+        xlabel, ylabel: Axis labels (with ``paired=True`` the y label reads "Δ <ylabel> vs default").
+        default: The default value (the official code's), drawn as a dashed vertical line;
+            required, and one of ``values``, when ``paired=True``.
+        log: Log-scale y axis (not with ``paired=True``: differences can be negative).
+        paired: Draw paired differences from the default with confidence intervals.
+        level: Confidence level of the paired intervals.
     """
     if not curves:
         raise ValueError("curves must not be empty")
-    ax = _axes(ax, figsize=(3.6, 3.0))
     x = np.asarray(values, dtype=float)
+    ref = None
+    if paired:
+        if log:
+            raise ValueError("paired=True plots differences, which can be negative: log must be False")
+        hits = np.flatnonzero(np.isclose(x, default)) if default is not None else np.array([], dtype=int)
+        if hits.size != 1:
+            raise ValueError(f"paired=True needs default to be one of values {list(x)}, got {default}")
+        ref = int(hits[0])
+    ax = _axes(ax, figsize=(3.6, 3.0))
     for i, (label, v) in enumerate(curves.items()):
         v = np.asarray(v, dtype=float)
         if v.shape[0] != x.size or v.ndim != 2 or v.shape[1] < 2:
             raise ValueError(f"curves[{label!r}] must have shape ({x.size}, seeds >= 2), got {v.shape}")
-        m, s = v.mean(1), v.std(1, ddof=1)
         c = _CYCLE[i % len(_CYCLE)]
-        ax.errorbar(x, m, yerr=s, color=c, marker="o", ms=4, capsize=3, lw=1.2, label=label)
+        if ref is None:
+            m, s = v.mean(1), v.std(1, ddof=1)
+            ax.errorbar(x, m, yerr=s, color=c, marker="o", ms=4, capsize=3, lw=1.2, label=f"{label} (± sd)")
+        else:
+            d = [paired_difference(row, v[ref], level) for row in v]
+            m = np.array([e.mean for e in d])
+            err = np.array([[e.mean - e.lo for e in d], [e.hi - e.mean for e in d]])
+            ax.errorbar(x, m, yerr=err, color=c, marker="o", ms=4, capsize=3, lw=1.2,
+                        label=f"{label} ({100 * level:g}% t-CI)")
+    if ref is not None:
+        ax.axhline(0.0, color="0.6", lw=0.8)
+        ylabel = f"Δ {ylabel} vs default"
     if default is not None:
-        ax.axvline(default, color="0.4", ls="--", lw=1, label="paper default")
+        ax.axvline(default, color="0.4", ls="--", lw=1, label="default (official code)")
     if log:
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
