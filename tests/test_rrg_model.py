@@ -2,6 +2,9 @@
 which tasks reach which parameters, decoding, and that it can actually learn (overfit two studies)."""
 from __future__ import annotations
 
+import os
+import time
+
 import pytest
 import torch
 
@@ -149,13 +152,15 @@ def test_generate_greedy_matches_beam_of_one_and_respects_limits():
     images, *_ = batch()
     greedy = m.generate(images, max_len=6)
     assert len(greedy) == 3 and all(len(s) <= 6 and EOS not in s for s in greedy)
-    assert [m._beam(m.encode(images[i:i + 1]), 6, 1) for i in range(3)] == greedy
+    assert m._beam(m.encode(images), 6, 1) == greedy
     beams = m.generate(images, max_len=6, beam_size=3)
     assert all(len(s) <= 6 and EOS not in s for s in beams)
     with pytest.raises(ValueError, match="beam_size"):
         m.generate(images, beam_size=0)
     with pytest.raises(ValueError, match="max_len"):
         m.generate(images, max_len=99)
+    with pytest.raises(ValueError, match="no_repeat_ngram"):
+        m.generate(images, no_repeat_ngram=-1)
 
 
 def test_overfits_two_studies_and_decodes_their_reports():
@@ -186,3 +191,184 @@ def test_overfits_two_studies_and_decodes_their_reports():
     probs = torch.sigmoid(m.classify(m.encode(images)))
     assert probs[1, 3] > 0.5 > probs[0, 3]
 
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding: key/value cache, batched beam search, no-repeat n-grams, length penalty.
+# --------------------------------------------------------------------------------------------
+
+def decoder(seed: int, boost: dict[int, float] | None = None, ids: dict[str, int] | None = None,
+            **kw) -> ReportGenerator:
+    """A random tiny model in eval mode, with dropout configured (eval must switch it off).
+    ``ids`` overrides BOS/EOS/padding (e.g. R2Gen's single id 0 for all three). ``boost`` adds a
+    constant to some tokens' logits (through the final LayerNorm's bias, which the tied output
+    layer turns into ``c`` on that token), e.g. to make one token dominate."""
+    torch.manual_seed(seed)
+    ids = ids or dict(bos_id=BOS, eos_id=EOS, pad_id=PAD)
+    m = ReportGenerator(ModelConfig.preset("tiny", V, image_size=32, max_len=12, dropout=0.1, **ids, **kw)).eval()
+    with torch.no_grad():
+        for tok, c in (boost or {}).items():
+            w = m.tok_emb.weight[tok]
+            m.dec_ln.bias += c * w / w.norm() ** 2
+    return m
+
+
+def images_for(seed: int, B: int = 4) -> torch.Tensor:
+    return torch.randint(0, 256, (B, 2, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def ngrams(seq: list[int], n: int) -> list[tuple[int, ...]]:
+    return [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+
+
+def banned_next(generated: list[int], n: int) -> set[int]:
+    """Tokens that would complete an n-gram already in ``generated`` (the rule, written plainly)."""
+    if n <= 0 or len(generated) < n:
+        return set()
+    prefix = tuple(generated[len(generated) - n + 1:])
+    return {g[-1] for g in ngrams(generated, n) if g[:-1] == prefix}
+
+
+def reference_beam(m: ReportGenerator, memory: torch.Tensor, max_len: int, k: int, n: int = 0,
+                   length_penalty: float = 0.0) -> list[list[int]]:
+    """The list-based beam search that the batched one replaced (one study at a time, the whole
+    prefix re-run every step), plus the no-repeat rule and the length penalty as documented."""
+    cfg, out = m.config, []
+    for i in range(memory.shape[0]):
+        beams = [([cfg.bos_id], 0.0, False)]
+        for _ in range(max_len):
+            live = [b for b in beams if not b[2]]
+            if not live:
+                break
+            seqs = torch.tensor([b[0] for b in live])
+            logp = m.decode(seqs, memory[i:i + 1].expand(len(live), -1, -1))[:, -1].float().log_softmax(-1)
+            cand = [b for b in beams if b[2]]
+            for j, b in enumerate(live):
+                for tok in banned_next(b[0][1:], n):
+                    logp[j, tok] = float("-inf")
+                top = logp[j].topk(k)
+                for lp, tok in zip(top.values.tolist(), top.indices.tolist()):
+                    cand.append((b[0] + [tok], b[1] + lp, tok == cfg.eos_id))
+            beams = sorted(cand, key=lambda b: -b[1] / (len(b[0]) - 1) ** length_penalty)[:k]
+        out.append(m._strip(beams[0][0][1:]))
+    return out
+
+
+def memory_of(m: ReportGenerator, images: torch.Tensor) -> torch.Tensor:
+    visual = m.encode(images)
+    return m.decoder_memory(visual, m.classify(visual))
+
+
+@pytest.mark.parametrize("prompt", [False, True])
+def test_cached_step_logits_match_the_teacher_forced_decoder(prompt):
+    m = decoder(0, diagnosis_prompt=prompt)
+    images, tokens, _, _ = batch(B=3, T=10)
+    memory = memory_of(m, images)
+    full = m.decode(tokens, memory)
+    cache = m._new_cache(memory)
+    steps = torch.stack([m._next_logits(tokens[:, :t + 1], memory, cache) for t in range(10)], dim=1)
+    assert cache[0]["k"].shape[2] == 10 and cache[0]["xk"].shape[2] == memory.shape[1]
+    assert torch.allclose(steps, full, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("prompt", [False, True])
+@pytest.mark.parametrize("boost", [None, {EOS: 0.35}, {7: 3.0}], ids=["plain", "eos-prone", "repeat-prone"])
+def test_cached_and_uncached_decoding_give_identical_tokens(seed, prompt, boost):
+    m = decoder(seed, boost, diagnosis_prompt=prompt)
+    images = images_for(seed)
+    for beam in (1, 3):
+        for n in (0, 2):
+            kw = dict(beam_size=beam, no_repeat_ngram=n)
+            cached = m.generate(images, **kw)
+            assert cached == m.generate(images, use_cache=False, **kw), kw
+            assert len(cached) == 4 and all(len(s) <= 12 for s in cached)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("boost", [None, {EOS: 0.35}, {7: 3.0}], ids=["plain", "eos-prone", "repeat-prone"])
+def test_batched_beam_equals_the_list_reference(seed, boost):
+    """The batched beam search (cached or not) makes the same choices as the plain list version:
+    the default (n=0, no length penalty) is the search as it was before batching."""
+    m = decoder(seed, boost, diagnosis_prompt=seed == 1)
+    images = images_for(seed, B=3)
+    memory = memory_of(m, images)
+    for k, n, lp in [(2, 0, 0.0), (3, 0, 0.0), (3, 2, 0.0), (3, 0, 1.0), (4, 3, 0.6)]:
+        ref = reference_beam(m, memory, 10, k, n, lp)
+        for cache in (True, False):
+            assert m.generate(images, max_len=10, beam_size=k, no_repeat_ngram=n, length_penalty=lp,
+                              use_cache=cache) == ref, (k, n, lp, cache)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_no_generated_sequence_repeats_an_ngram(n):
+    # token 7 dominates: unconstrained decoding repeats it, so the rule has work to do
+    for seed in (0, 1, 2):
+        m = decoder(seed, {7: 3.0}, diagnosis_prompt=seed == 2)
+        images = images_for(seed)
+        assert all(len(set(ngrams(s, n))) < len(ngrams(s, n)) for s in m.generate(images))
+        for beam in (1, 3):
+            for cache in (True, False):
+                for s in m.generate(images, beam_size=beam, no_repeat_ngram=n, use_cache=cache):
+                    grams = ngrams(s, n)
+                    assert len(grams) == len(set(grams)), (seed, beam, cache, s)
+                    assert len(s) > n  # the rule steers away from repeats; it does not end the report
+
+
+@pytest.mark.parametrize("n", [0, 2])
+def test_beam_of_one_is_greedy(n):
+    for seed in (0, 1, 2):
+        m = decoder(seed, {EOS: 0.35} if seed == 1 else None)
+        memory = memory_of(m, images_for(seed))
+        greedy = m._greedy(memory, 12, n)
+        assert m._beam(memory, 12, 1, n) == greedy
+        assert m._beam(memory, 12, 1, n, use_cache=False) == greedy
+
+
+@pytest.mark.parametrize("ids, eos_boost", [(dict(bos_id=BOS, eos_id=EOS, pad_id=PAD), 0.35),
+                                             (dict(bos_id=0, eos_id=0, pad_id=0), 0.0)],
+                         ids=["distinct", "r2gen-one-id"])
+def test_greedy_stops_at_eos_and_returns_ids_without_bos_and_eos(ids, eos_boost):
+    """Each returned sequence is what the teacher-forced model would pick token by token (under
+    the no-repeat rule), and it ends where the model picks EOS or at max_len: BOS and EOS are
+    not returned."""
+    eos, lengths = ids["eos_id"], set()
+    for seed in (0, 1, 2):
+        m = decoder(seed, {eos: eos_boost}, ids=ids)
+        images = images_for(seed)
+        memory = memory_of(m, images)
+        for n in (0, 1, 2):
+            for row, s in enumerate(m.generate(images, no_repeat_ngram=n)):
+                lengths.add(len(s))
+                assert eos not in s
+                logits = m.decode(torch.tensor([[ids["bos_id"]] + s]), memory[row:row + 1])[0]
+                for t in range(len(s) + 1):
+                    logits[t, list(banned_next(s[:t], n))] = float("-inf")
+                picks = logits.argmax(-1).tolist()
+                assert picks[:-1] == s
+                assert len(s) == 12 or picks[-1] == eos
+    # an immediate EOS, one in the middle, and a report cut at max_len all occurred
+    assert 0 in lengths and 12 in lengths and any(0 < n < 12 for n in lengths), lengths
+
+
+def test_length_penalty_favours_longer_reports():
+    m = decoder(1, {EOS: 0.35})  # greedy and plain beam search stop at once here
+    images = images_for(1)
+    assert all(s == [] for s in m.generate(images, beam_size=3))
+    assert all(len(s) > 0 for s in m.generate(images, beam_size=3, length_penalty=1.0))
+
+
+@pytest.mark.skipif(not os.environ.get("CAMEGRAD_TIMING"), reason="timing print; set CAMEGRAD_TIMING=1 and use -s")
+def test_print_cached_vs_uncached_timing():
+    torch.manual_seed(0)
+    m = ReportGenerator(ModelConfig.preset("small", 760, image_size=64, bos_id=BOS, eos_id=EOS, pad_id=PAD)).eval()
+    images = images_for(0, B=100).repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2)
+    for beam in (1, 3):
+        times = {}
+        for cache in (True, False):
+            t0 = time.perf_counter()
+            out = m.generate(images, max_len=60, beam_size=beam, use_cache=cache)
+            times[cache] = time.perf_counter() - t0
+        print(f"\nsmall, 64 px, batch 100, max_len 60, beam {beam}, {torch.get_num_threads()} thread(s): "
+              f"cached {times[True]:.2f} s, uncached {times[False]:.2f} s, speedup {times[False] / times[True]:.1f}x "
+              f"(mean length {sum(map(len, out)) / len(out):.0f})")

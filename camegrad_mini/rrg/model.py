@@ -14,6 +14,18 @@ The model has three parts, and the multi-task story of the book lives in how the
 * **Classification head (task 1, the "clinical constraint").** Mean-pooled visual tokens -> MLP ->
   14 logits, one per CheXpert observation; loss: binary cross-entropy (positive or uncertain = 1,
   the paper's convention). The paper's trainer weights this task by 4.
+* **Diagnosis prompts (optional, ``diagnosis_prompt=True``).** Report generators trained on small,
+  mostly normal data learn to write the normal template and ignore the image even when their
+  encoder separates the findings (the classification head of the same model can reach AUROC near
+  1 while every generated report is the same). The remedy follows PromptMRG (Jin et al., AAAI
+  2024): the diagnosis drives the text. For each observation k a prompt token
+  ``p_k * pos_k + (1 - p_k) * neg_k`` (two learned vectors per observation) is appended to the
+  visual tokens the decoder cross-attends to, where ``p_k`` is the classifier's probability,
+  **detached**: the report loss does not train the classifier through the prompts, so both
+  tasks still reach the shared encoder only through their own paths and their gradients there can
+  still agree or conflict. In training, ``p`` may be the labels instead (teacher forcing of the
+  diagnosis, :meth:`ReportGenerator.losses`' ``prompt_labels``); at test time it is always the
+  classifier's prediction.
 * **Alignment head (optional task 2).** Image and text projections and a symmetric InfoNCE loss.
   The text side is a bag of words over the *shared* token embedding, so the alignment task
   touches the encoder and the embedding but never sees the image through the decoder (which
@@ -76,6 +88,10 @@ class ModelConfig:
     max_len: int = 60
     dropout: float = 0.1
     align_dim: int = 0  # 0: no alignment head (the paper's trainer has two tasks)
+    # Diagnosis prompts: the decoder also attends to one token per observation, built from the
+    # classifier's detached probability (or, in training, the label). The book's choice; see the
+    # module docstring.
+    diagnosis_prompt: bool = False
     pretrained_encoder: bool = False  # ImageNet ResNet-18 via torchvision; downloads, so off
 
     def __post_init__(self) -> None:
@@ -206,7 +222,12 @@ class PretrainedResNet18(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 class Attention(nn.Module):
-    """Multi-head attention; self-attention when ``context`` is None, else cross-attention."""
+    """Multi-head attention; self-attention when ``context`` is None, else cross-attention.
+
+    ``forward`` is the teacher-forced pass. Decoding with a key/value cache uses the two halves
+    separately: :meth:`keys_values` projects a source once (the memory, or one new token) and
+    :meth:`attend` lets new queries attend to keys/values that were computed earlier.
+    """
 
     def __init__(self, d: int, n_heads: int, dropout: float, causal: bool) -> None:
         super().__init__()
@@ -216,16 +237,26 @@ class Attention(nn.Module):
         self.proj = nn.Linear(d, d)
         self.resid_drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """[B, T, D] -> [B, n_heads, T, D / n_heads]."""
+        B, T, D = t.shape
+        return t.view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
+
+    def keys_values(self, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of ``src`` [B, S, D], each [B, n_heads, S, D / n_heads]."""
+        k, v = self.kv(src).split(src.shape[-1], dim=-1)
+        return self._heads(k), self._heads(v)
+
+    def attend(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        """Queries from ``x`` [B, T, D] attend to the given keys/values; output [B, T, D]."""
         B, T, D = x.shape
-        src = x if context is None else context
-        q = self.q(x).view(B, T, self.n_heads, D // self.n_heads).transpose(1, 2)
-        k, v = self.kv(src).split(D, dim=-1)
-        k = k.view(B, src.shape[1], self.n_heads, D // self.n_heads).transpose(1, 2)
-        v = v.view(B, src.shape[1], self.n_heads, D // self.n_heads).transpose(1, 2)
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.causal and context is None)
+        y = F.scaled_dot_product_attention(self._heads(self.q(x)), k, v, is_causal=causal,
+                                           dropout_p=self.dropout if self.training else 0.0)
         return self.resid_drop(self.proj(y.transpose(1, 2).reshape(B, T, D)))
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
+        k, v = self.keys_values(x if context is None else context)
+        return self.attend(x, k, v, causal=self.causal and context is None)
 
 
 class MLP(nn.Module):
@@ -258,6 +289,30 @@ class DecoderBlock(nn.Module):
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         x = x + self.self_attn(self.ln1(x))
         x = x + self.cross_attn(self.ln2(x), memory)
+        return x + self.mlp(self.ln3(x))
+
+    def new_cache(self, memory: torch.Tensor) -> dict[str, torch.Tensor]:
+        """An empty key/value cache for decoding against ``memory`` [B, N, d].
+
+        The cross-attention keys/values depend only on the memory, so they are computed here,
+        once per study, instead of at every step; the self-attention ones start empty.
+        """
+        xk, xv = self.cross_attn.keys_values(memory)
+        empty = xk[:, :, :0]
+        return {"k": empty, "v": empty, "xk": xk, "xv": xv}
+
+    def step(self, x: torch.Tensor, cache: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The block on the newest token only, ``x`` [B, 1, d], updating ``cache`` in place.
+
+        Same arithmetic as :meth:`forward` at the last position: the new token's keys/values are
+        appended to the cache and its query attends to all of them. No causal mask is needed,
+        since every cached position precedes (or is) the new one.
+        """
+        h = self.ln1(x)
+        k, v = self.self_attn.keys_values(h)
+        cache["k"], cache["v"] = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+        x = x + self.self_attn.attend(h, cache["k"], cache["v"])
+        x = x + self.cross_attn.attend(self.ln2(x), cache["xk"], cache["xv"])
         return x + self.mlp(self.ln3(x))
 
 
@@ -294,6 +349,8 @@ class ReportGenerator(nn.Module):
         self.lm_head.weight = self.tok_emb.weight  # weight tying (nanoGPT)
 
         self.cls_head = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.n_obs))
+        if cfg.diagnosis_prompt:
+            self.dx_emb = nn.Parameter(torch.zeros(2, cfg.n_obs, d))  # [negative|positive, observation, d]
         if cfg.align_dim > 0:
             self.img_proj = nn.Linear(d, cfg.align_dim)
             self.txt_proj = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.align_dim))
@@ -314,6 +371,8 @@ class ReportGenerator(nn.Module):
         nn.init.normal_(self.pos2d, std=0.02)
         nn.init.normal_(self.pos_emb, std=0.02)
         nn.init.normal_(self.view_emb, std=0.02)
+        if self.config.diagnosis_prompt:
+            nn.init.normal_(self.dx_emb, std=0.02)
 
     def num_parameters(self) -> int:
         """Distinct trainable parameters (the tied embedding is counted once)."""
@@ -374,12 +433,30 @@ class ReportGenerator(nn.Module):
     def classify(self, memory: torch.Tensor) -> torch.Tensor:
         return self.cls_head(memory.mean(dim=1))
 
-    def forward(self, images: torch.Tensor, tokens: torch.Tensor, text_mask: torch.Tensor | None = None) -> ModelOutput:
+    def decoder_memory(self, memory: torch.Tensor, cls_logits: torch.Tensor,
+                       prompt_probs: torch.Tensor | None = None) -> torch.Tensor:
+        """What the decoder cross-attends to: the visual tokens, plus one diagnosis prompt per
+        observation when ``diagnosis_prompt`` is on. The prompts use ``prompt_probs`` if given
+        (labels in training; NaN rows fall back to the prediction), else the classifier's
+        probabilities; either way detached."""
+        if not self.config.diagnosis_prompt:
+            return memory
+        p = torch.sigmoid(cls_logits.float())
+        if prompt_probs is not None:
+            p = torch.where(torch.isnan(prompt_probs), p, prompt_probs.float())
+        p = p.detach().to(memory.dtype).unsqueeze(-1)  # [B, n_obs, 1]
+        neg, pos = self.dx_emb[0].to(memory.dtype), self.dx_emb[1].to(memory.dtype)
+        return torch.cat([memory, p * pos + (1 - p) * neg], dim=1)
+
+    def forward(self, images: torch.Tensor, tokens: torch.Tensor, text_mask: torch.Tensor | None = None,
+                prompt_probs: torch.Tensor | None = None) -> ModelOutput:
         """Teacher-forced pass. ``tokens`` are decoder inputs (start with BOS); ``text_mask`` marks
-        real (non-padding) input positions and is needed only for the alignment head."""
+        real (non-padding) input positions and is needed only for the alignment head;
+        ``prompt_probs`` [B, n_obs] replaces the classifier's probabilities in the diagnosis prompts."""
         memory = self.encode(images)
-        logits = self.decode(tokens, memory)
-        out = ModelOutput(logits=logits, cls_logits=self.classify(memory), memory=memory)
+        cls_logits = self.classify(memory)
+        logits = self.decode(tokens, self.decoder_memory(memory, cls_logits, prompt_probs))
+        out = ModelOutput(logits=logits, cls_logits=cls_logits, memory=memory)
         if self.config.align_dim > 0:
             mask = torch.ones_like(tokens, dtype=torch.bool) if text_mask is None else text_mask
             m = mask.unsqueeze(-1).to(memory.dtype)
@@ -390,14 +467,19 @@ class ReportGenerator(nn.Module):
 
     # -- losses -----------------------------------------------------------------------------------
     def losses(self, images: torch.Tensor, tokens: torch.Tensor, targets: torch.Tensor, labels: torch.Tensor,
-               label_smoothing: float = 0.0, cls_pos_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+               label_smoothing: float = 0.0, cls_pos_weight: torch.Tensor | None = None,
+               prompt_labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """The per-task losses, *unweighted* (the optimizer wrapper applies the task weights).
 
         * ``report``: mean token NLL over real target positions (``targets`` = -100 at padding);
         * ``cls``: BCE over the 14 observations (optionally ``pos_weight`` for rare labels);
         * ``align`` (if the head exists): symmetric InfoNCE over the batch (CLIP's loss).
+
+        ``prompt_labels`` (0/1, [B, n_obs]) replace the classifier's predictions in the diagnosis
+        prompts (teacher forcing of the diagnosis); None uses the predictions.
         """
-        out = self(images, tokens, text_mask=targets != -100)
+        probs = None if prompt_labels is None else prompt_labels.float()
+        out = self(images, tokens, text_mask=targets != -100, prompt_probs=probs)
         report = F.cross_entropy(out.logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100,
                                  label_smoothing=label_smoothing)
         cls = F.binary_cross_entropy_with_logits(out.cls_logits.float(), labels.float(), pos_weight=cls_pos_weight)
@@ -411,28 +493,84 @@ class ReportGenerator(nn.Module):
 
     # -- decoding ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, images: torch.Tensor, max_len: int | None = None, beam_size: int = 1) -> list[list[int]]:
-        """Decode reports: greedy (``beam_size=1``) or beam search over summed log-probabilities.
+    def generate(self, images: torch.Tensor, max_len: int | None = None, beam_size: int = 1,
+                 no_repeat_ngram: int = 0, length_penalty: float = 0.0,
+                 use_cache: bool = True) -> list[list[int]]:
+        """Decode reports: greedy (``beam_size=1``) or beam search, batched over the studies.
 
-        Returns token ids per study without BOS and EOS. The decoder is re-run over the whole
-        prefix at every step (no key/value cache): slower, but short (<= 60 tokens) and readable.
+        Returns token ids per study without BOS and EOS (at most ``max_len`` of them; the config's
+        ``max_len`` by default).
+
+        * ``no_repeat_ngram=n > 0``: a token that would complete an n-gram already present in
+          that hypothesis gets probability zero (R2Gen-style decoding; greedy too). The n-grams
+          are over the generated tokens only (not BOS). 0 (default) turns the rule off.
+        * ``length_penalty=a``: beam search ranks hypotheses by ``sum of log-probs / length**a``,
+          length counting the generated tokens including EOS (fairseq's convention). The default
+          0 ranks by the plain sum; 1 ranks by the mean log-prob per token. Greedy ignores it.
+        * ``use_cache=False``: re-run the decoder over the whole prefix at every step instead of
+          keeping keys/values; the slow reference path, kept for testing the cache.
+
+        Beam search keeps finished hypotheses among the ``beam_size`` best and stops when all of
+        them have finished (or after ``max_len`` steps); the best-ranked one is returned.
         """
         max_len = self.config.max_len if max_len is None else max_len
         if not 1 <= max_len <= self.config.max_len:
             raise ValueError(f"max_len must be in [1, {self.config.max_len}], got {max_len}")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-        memory = self.encode(images)
+        if no_repeat_ngram < 0:
+            raise ValueError(f"no_repeat_ngram must be >= 0, got {no_repeat_ngram}")
+        visual = self.encode(images)
+        memory = self.decoder_memory(visual, self.classify(visual))
         if beam_size == 1:
-            return self._greedy(memory, max_len)
-        return [self._beam(memory[i:i + 1], max_len, beam_size) for i in range(memory.shape[0])]
+            return self._greedy(memory, max_len, no_repeat_ngram, use_cache)
+        return self._beam(memory, max_len, beam_size, no_repeat_ngram, length_penalty, use_cache)
 
-    def _greedy(self, memory: torch.Tensor, max_len: int) -> list[list[int]]:
+    def _new_cache(self, memory: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        """One key/value cache per decoder block (see :meth:`DecoderBlock.new_cache`)."""
+        return [blk.new_cache(memory) for blk in self.decoder]
+
+    def _next_logits(self, seq: torch.Tensor, memory: torch.Tensor,
+                     cache: list[dict[str, torch.Tensor]] | None) -> torch.Tensor:
+        """Logits [B, V] of the token after ``seq`` [B, t] (which starts with BOS).
+
+        Without a cache, the teacher-forced decoder runs over the whole prefix and all but the
+        last position are thrown away. With one, only the newest token goes through the blocks
+        (its keys/values join the cache): the cache must hold exactly ``seq[:, :-1]``.
+        """
+        if cache is None:
+            return self.decode(seq, memory)[:, -1]
+        t = seq.shape[1] - 1  # position of the newest token
+        x = self.drop(self.tok_emb(seq[:, -1:]) + self.pos_emb[:, t:t + 1])
+        for blk, c in zip(self.decoder, cache):
+            x = blk.step(x, c)
+        return self.lm_head(self.dec_ln(x))[:, -1]
+
+    @staticmethod
+    def _ban_repeats(logits: torch.Tensor, generated: torch.Tensor, n: int) -> torch.Tensor:
+        """``logits`` [B, V] with -inf for every token that would complete an n-gram already in
+        the same row of ``generated`` [B, L] (the tokens so far, without BOS)."""
+        B, L = generated.shape
+        if n <= 0 or L < n:  # the rule is off, or no complete n-gram exists yet
+            return logits
+        grams = generated.unfold(1, n, 1)  # [B, L-n+1, n]: every n-gram so far
+        prefix = generated[:, L - n + 1:]  # the last n-1 tokens (none when n = 1)
+        hit = (grams[..., :-1] == prefix[:, None]).all(-1)  # n-grams that the next token would repeat
+        # scatter_add, not scatter: a token may be hit by several n-grams, and any hit bans it
+        banned = torch.zeros(logits.shape, dtype=torch.int32, device=logits.device)
+        banned.scatter_add_(1, grams[..., -1], hit.int())
+        return logits.masked_fill(banned > 0, float("-inf"))
+
+    def _greedy(self, memory: torch.Tensor, max_len: int, no_repeat_ngram: int = 0,
+                use_cache: bool = True) -> list[list[int]]:
         cfg, B = self.config, memory.shape[0]
         seq = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=memory.device)
         done = torch.zeros(B, dtype=torch.bool, device=memory.device)
+        cache = self._new_cache(memory) if use_cache else None
         for _ in range(max_len):
-            nxt = self.decode(seq, memory)[:, -1].argmax(-1)
+            logits = self._ban_repeats(self._next_logits(seq, memory, cache), seq[:, 1:], no_repeat_ngram)
+            nxt = logits.argmax(-1)
+            # finished rows keep producing EOS, so that the batch stays rectangular
             nxt = torch.where(done, torch.full_like(nxt, cfg.eos_id), nxt)
             seq = torch.cat([seq, nxt[:, None]], dim=1)
             done |= nxt == cfg.eos_id
@@ -440,22 +578,51 @@ class ReportGenerator(nn.Module):
                 break
         return [self._strip(row) for row in seq[:, 1:].tolist()]
 
-    def _beam(self, memory: torch.Tensor, max_len: int, k: int) -> list[int]:
-        cfg = self.config
-        beams = [([cfg.bos_id], 0.0, False)]
-        for _ in range(max_len):
-            live = [b for b in beams if not b[2]]
-            if not live:
+    def _beam(self, memory: torch.Tensor, max_len: int, k: int, no_repeat_ngram: int = 0,
+              length_penalty: float = 0.0, use_cache: bool = True) -> list[list[int]]:
+        """Beam search over all studies at once: row ``i * k + j`` holds hypothesis j of study i."""
+        cfg, B, V = self.config, memory.shape[0], self.config.vocab_size
+        dev = memory.device
+        cache = None
+        if use_cache:  # cross-attention keys/values once per study, then shared by its k hypotheses
+            cache = [{name: t.repeat_interleave(k, dim=0) for name, t in c.items()} for c in self._new_cache(memory)]
+        memory = memory.repeat_interleave(k, dim=0)  # [B*k, N, d], for the uncached path
+        seq = torch.full((B * k, 1), cfg.bos_id, dtype=torch.long, device=dev)
+        # Summed log-probs [B, k]. At the start there is one hypothesis (BOS) per study, not k
+        # copies of it: the others get -inf so that the first step expands BOS into k tokens.
+        score = torch.zeros(B, k, device=dev)
+        score[:, 1:] = float("-inf")
+        length = torch.zeros(B, k, device=dev)  # generated tokens, EOS included (length penalty)
+        done = torch.zeros(B, k, dtype=torch.bool, device=dev)
+        # A finished hypothesis is carried over unchanged: its only continuation is EOS, at no cost.
+        carry = torch.full((V,), float("-inf"), device=dev)
+        carry[cfg.eos_id] = 0.0
+        first_row = torch.arange(B, device=dev)[:, None] * k  # row of each study's hypothesis 0
+        for t in range(1, max_len + 1):
+            # the ban comes after the softmax: banned tokens drop out, the others keep the model's log-probs
+            logp = self._next_logits(seq, memory, cache).float().log_softmax(-1)
+            logp = self._ban_repeats(logp, seq[:, 1:], no_repeat_ngram)
+            logp = torch.where(done[..., None], carry, logp.view(B, k, V))
+            total = score[..., None] + logp  # [B, k, V]: every one-token extension of every hypothesis
+            cand_len = torch.where(done, length, torch.full_like(length, t))
+            rank = total / cand_len[..., None] ** length_penalty if length_penalty else total
+            # The k best of the k*V candidates per study. A hypothesis contributes at most k of
+            # them, so this equals taking the top k per hypothesis first (as a list version would).
+            best = rank.view(B, k * V).topk(k, dim=-1).indices  # sorted: hypothesis 0 ranks best
+            src, tok = best // V, best % V  # which hypothesis each survivor extends, and with what
+            score = total.view(B, k * V).gather(1, best)
+            length = cand_len.gather(1, src)
+            done = done.gather(1, src) | (tok == cfg.eos_id)
+            rows = (first_row + src).view(-1)
+            seq = torch.cat([seq[rows], tok.view(-1, 1)], dim=1)
+            if cache is not None:
+                # The self-attention keys/values follow their hypotheses; the cross-attention ones
+                # are the same for all hypotheses of a study, and `rows` stays within the study.
+                for c in cache:
+                    c["k"], c["v"] = c["k"][rows], c["v"][rows]
+            if bool(done.all()):
                 break
-            seqs = torch.tensor([b[0] for b in live], device=memory.device)
-            logp = self.decode(seqs, memory.expand(len(live), -1, -1))[:, -1].float().log_softmax(-1)
-            cand = [b for b in beams if b[2]]
-            top = logp.topk(k, dim=-1)
-            for i, b in enumerate(live):
-                for lp, tok in zip(top.values[i].tolist(), top.indices[i].tolist()):
-                    cand.append((b[0] + [tok], b[1] + lp, tok == cfg.eos_id))
-            beams = sorted(cand, key=lambda b: -b[1])[:k]
-        return self._strip(beams[0][0][1:])
+        return [self._strip(seq[i * k, 1:].tolist()) for i in range(B)]
 
     def _strip(self, ids: list[int]) -> list[int]:
         eos = self.config.eos_id

@@ -91,6 +91,12 @@ class TrainConfig:
     task_weights: tuple[float, ...] = (1.0, 4.0)  # report, classification (the paper's trainer)
     align_weight: float = 0.0  # > 0 adds the alignment task (needs model_overrides align_dim > 0)
     label_smoothing: float = 0.1
+    # diagnosis-conditioned decoding (model_overrides {"diagnosis_prompt": True}): the share of
+    # training studies whose prompts carry the labels instead of the classifier's predictions
+    prompt_teacher: float = 0.0
+    # classification loss: positive-class weights (1 - prevalence) / prevalence from the training
+    # split, capped at this value (None: unweighted BCE). Rare findings otherwise barely count.
+    cls_pos_weight_cap: float | None = None
     # optimisation
     epochs: int = 30
     batch_size: int = 32
@@ -136,6 +142,9 @@ class TrainConfig:
         need(len(self.task_weights) == 2 and all(w > 0 for w in self.task_weights),
              f"task_weights must be two positive numbers (report, classification), got {self.task_weights}")
         need(self.align_weight >= 0, f"align_weight must be >= 0, got {self.align_weight}")
+        need(0.0 <= self.prompt_teacher <= 1.0, f"prompt_teacher must be in [0, 1], got {self.prompt_teacher}")
+        need(self.cls_pos_weight_cap is None or self.cls_pos_weight_cap >= 1.0,
+             f"cls_pos_weight_cap must be None or >= 1, got {self.cls_pos_weight_cap}")
         if self.align_weight > 0:
             need(self.model_overrides.get("align_dim", 0) > 0,
                  "align_weight > 0 needs an alignment head: set model_overrides={'align_dim': 64}")
@@ -496,6 +505,27 @@ def _set_rng_state(state: dict[str, Any], data_rng: np.random.Generator) -> None
     data_rng.bit_generator.state = state["data_order"]
 
 
+def _prompt_labels(labels: torch.Tensor, teacher: float) -> torch.Tensor | None:
+    """Diagnosis prompts for one batch: the labels for a random ``teacher`` share of the studies,
+    NaN (use the classifier's prediction) for the rest; None when no study uses the labels. The
+    draw uses torch's generator, which the checkpoint saves, so resuming stays exact."""
+    if teacher <= 0.0:
+        return None
+    if teacher >= 1.0:
+        return labels
+    use = torch.rand(labels.shape[0], 1, device=labels.device) < teacher
+    return torch.where(use, labels, torch.full_like(labels, float("nan")))
+
+
+def class_pos_weight(labels: torch.Tensor, cap: float | None) -> torch.Tensor | None:
+    """BCE positive weights ``(1 - prevalence) / prevalence`` per observation, clipped to [1, cap]
+    (an observation without positives gets ``cap``); None without a cap."""
+    if cap is None:
+        return None
+    prev = labels.float().mean(0)
+    return ((1 - prev) / prev.clamp_min(1e-6)).clamp(1.0, cap)
+
+
 def _info_pair(info: Any, name: str) -> float:
     """Entry (0, 1) of a T x T statistic of the optimizer's StepInfo (report vs classification)."""
     m = getattr(info, name, None)
@@ -590,6 +620,7 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, dataset: Any | None, data:
     opt = build_optimizer(model, cfg)
     base_lrs = [g["lr"] for g in opt.param_groups]
     weights = list(cfg.task_weights) + ([cfg.align_weight] if cfg.align_weight > 0 else [])
+    pos_weight = class_pos_weight(tr.labels, cfg.cls_pos_weight_cap)
 
     n_batches = len(tr) // cfg.batch_size if len(tr) >= cfg.batch_size else 1
     total_steps = cfg.epochs * n_batches
@@ -673,7 +704,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, dataset: Any | None, data:
             images = augment(tr.images[idx], cfg)
             with autocast():
                 losses = model.losses(images, tr.tokens[idx], tr.targets[idx], tr.labels[idx],
-                                      label_smoothing=cfg.label_smoothing)
+                                      label_smoothing=cfg.label_smoothing, cls_pos_weight=pos_weight,
+                                      prompt_labels=_prompt_labels(tr.labels[idx], cfg.prompt_teacher))
             task_losses = [losses["report"], losses["cls"]] + ([losses["align"]] if cfg.align_weight > 0 else [])
             info = opt.step(task_losses, task_weights=weights)
             lv = [float(l.detach()) for l in task_losses]  # syncs the device, so step_time is honest
