@@ -37,7 +37,7 @@ def test_samples_auto_full_split_real_reports_and_labelled_standins():
     assert not te.standin[te.ids.index("CXR2_IM-0652")]       # the real radiograph of CXR2
     assert te.reports[te.ids.index("CXR2_IM-0652")].startswith("borderline cardiomegaly .")
     assert 700 < len(ds.tokenizer) < 800
-    assert "STAND-IN" in ds.describe() and "2950" in ds.describe()
+    assert "PHANTOM" in ds.describe() and "2950" in ds.describe()
     assert tr.tokens(ds.tokenizer).shape == (2069, 60)
     # cached: the second load reads the memory-mapped arrays and gives identical images
     ds2 = load_iu_xray(images="auto", image_size=64)
@@ -142,3 +142,12 @@ def test_cache_is_keyed_atomic_and_memory_mapped(tmp_path):
     with pytest.raises(RuntimeError):
         cached_array("t", {"size": 6}, failing, tmp_path)
     assert not list(tmp_path.glob(f"t-{cache_key({'size': 6})}*"))
+
+
+def test_phantom_is_the_name_of_the_drawn_set():
+    """images="phantom" and its older spelling "standin" load the same drawn images."""
+    a = load_iu_xray(images="phantom", image_size=16)
+    b = load_iu_xray(images="standin", image_size=16)
+    assert a.images_are_standins and all(s.standin.all() for s in a.splits.values())
+    for k in a.splits:
+        assert np.array_equal(np.asarray(a.splits[k].images), np.asarray(b.splits[k].images))

@@ -94,3 +94,41 @@ def test_always_normal_floor_reads_labels_from_ce_refs():
     assert split["ce"]["f1_example"] < plain["ce"]["f1_example"]
     with pytest.raises(ValueError, match="ce_refs"):
         M.always_normal_floor(refs, report="x", meteor=False, ce_refs=full[:1])
+
+
+def test_auroc_matches_the_pairwise_definition_with_ties():
+    from camegrad_mini.rrg.metrics import auroc
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, 40)
+        s = rng.integers(0, 5, 40).astype(float)  # many ties
+        if y.min() == y.max():
+            continue
+        pos, neg = s[y == 1], s[y == 0]
+        pairs = (pos[:, None] > neg[None, :]).mean() + 0.5 * (pos[:, None] == neg[None, :]).mean()
+        assert auroc(y, s) == pytest.approx(pairs)
+    assert np.isnan(auroc([1, 1, 1], [0.1, 0.2, 0.3]))
+    assert auroc([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == 1.0
+
+
+def test_classifier_auroc_per_observation_and_macro_over_defined_ones():
+    from camegrad_mini.rrg.metrics import classifier_auroc
+
+    y = np.zeros((6, 14))
+    y[:3, 1] = 1  # only observation 1 has both classes
+    probs = np.full((6, 14), 0.5)
+    probs[:, 1] = [0.9, 0.8, 0.7, 0.1, 0.2, 0.3]
+    out = classifier_auroc(y, probs)
+    assert out["n_defined"] == 1 and out["macro"] == 1.0
+    with pytest.raises(ValueError, match="probs must be"):
+        classifier_auroc(y, probs[:, :3])
+
+
+def test_text_diversity_sees_one_template_and_stutter():
+    from camegrad_mini.rrg.metrics import text_diversity
+
+    one = text_diversity(["the lungs are clear ."] * 10)
+    assert one["distinct_share"] == pytest.approx(0.1) and one["n_triple_repeats"] == 0
+    bad = text_diversity(["the the the heart", "clear . clear . clear", "a b c", "the heart the heart"])
+    assert bad["n_triple_repeats"] == 1 and bad["distinct_share"] == 1.0

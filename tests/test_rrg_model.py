@@ -372,3 +372,33 @@ def test_print_cached_vs_uncached_timing():
         print(f"\nsmall, 64 px, batch 100, max_len 60, beam {beam}, {torch.get_num_threads()} thread(s): "
               f"cached {times[True]:.2f} s, uncached {times[False]:.2f} s, speedup {times[False] / times[True]:.1f}x "
               f"(mean length {sum(map(len, out)) / len(out):.0f})")
+
+
+@pytest.mark.parametrize("r", [1, 2])
+def test_no_token_runs_longer_than_max_run(r):
+    # token 7 dominates: unconstrained decoding writes it many times in a row
+    for seed in (0, 1, 2):
+        m = decoder(seed, {7: 3.0}, diagnosis_prompt=seed == 2)
+        images = images_for(seed)
+        assert any(s[i:i + r + 1] == [s[i]] * (r + 1) for s in m.generate(images) for i in range(len(s) - r))
+        for beam in (1, 3):
+            for cache in (True, False):
+                for s in m.generate(images, beam_size=beam, max_run=r, use_cache=cache):
+                    runs = [s[i:i + r + 1] for i in range(len(s) - r)]
+                    assert all(len(set(w)) > 1 for w in runs), (seed, beam, cache, s)
+
+
+def test_min_len_forbids_eos_before_it_and_nothing_else():
+    for seed in (0, 1):
+        m = decoder(seed, {EOS: 1.5})
+        images = images_for(seed)
+        free = m.generate(images)
+        assert min(len(s) for s in free) < 6  # EOS comes early without the rule
+        for beam in (1, 3):
+            for cache in (True, False):
+                out = m.generate(images, beam_size=beam, min_len=6, use_cache=cache)
+                assert all(len(s) >= 6 for s in out), (seed, beam, cache, out)
+        # past min_len the greedy path is the unconstrained one again: same argmax rule
+        assert m.generate(images, min_len=0) == free
+    with pytest.raises(ValueError, match="min_len"):
+        m.generate(images, min_len=-1)

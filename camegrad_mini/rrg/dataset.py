@@ -9,7 +9,9 @@ Image sources, chosen by ``images=``:
 
 * ``"real"``   decoded radiographs only; studies without both image files are skipped and
   reported (or raise with ``strict=True``);
-* ``"standin"`` labelled stand-ins for every study (:mod:`~camegrad_mini.rrg.standin`);
+* ``"phantom"`` (also spelt ``"standin"``, the module's older name) the **phantom** set for every
+  study: drawn images in which each finding of the study's real report has a known visual sign
+  (:mod:`~camegrad_mini.rrg.standin`);
 * ``"auto"``   with the shipped samples: real where both views are shipped (5 studies), stand-ins
   for the other 2,950; with a prepared folder it behaves like ``"real"`` (a study whose images
   are missing is skipped and reported, never silently replaced by a stand-in).
@@ -33,7 +35,7 @@ from .paths import DataNotFoundError, data_samples_dir, resolve_root
 from .standin import STANDIN_NOTE, STANDIN_VERSION, render_standins
 from .text import Tokenizer, clean_report
 
-IMAGE_MODES = ("auto", "real", "standin")
+IMAGE_MODES = ("auto", "real", "phantom", "standin")  # "standin" is the older name of "phantom"
 
 
 @dataclass
@@ -83,8 +85,8 @@ class IUXRay:
         if n_std == 0:
             return "real IU X-Ray radiographs"
         if n_std == n_all:
-            return "STAND-IN images (drawn from report labels), not real radiographs"
-        return f"STAND-IN images for {n_std} of {n_all} studies (drawn from report labels); real radiographs for the rest"
+            return "PHANTOM images (drawn from each study's report labels), not real radiographs"
+        return f"PHANTOM images for {n_std} of {n_all} studies (drawn from report labels); real radiographs for the rest"
 
     def describe(self) -> str:
         n = {k: len(v) for k, v in self.splits.items()}
@@ -94,7 +96,7 @@ class IUXRay:
             f"IU X-Ray from {self.source}: train {n.get('train', 0)} / val {n.get('val', 0)} / "
             f"test {n.get('test', 0)} studies, 2 views each at {self.image_size} px",
             f"images: {n_real} studies with real radiographs, {n_std} with "
-            + (STANDIN_NOTE if n_std else "stand-ins (none)"),
+            + (STANDIN_NOTE if n_std else "phantoms (none)"),
             f"vocabulary {len(self.tokenizer)} tokens (threshold {self.tokenizer.threshold} on train, "
             f"max length {self.tokenizer.max_len})",
         ]
@@ -151,7 +153,7 @@ def load_iu_xray(root: str | os.PathLike | None = None, images: str = "auto", im
     Parameters
     ----------
     root: ``None`` for the shipped samples, or a folder in R2Gen's layout (see ``prepare``).
-    images: ``"auto"``, ``"real"`` or ``"standin"``.
+    images: ``"auto"``, ``"real"`` or ``"phantom"`` (``"standin"`` is accepted as its older name).
     image_size: side of the square grayscale images, 16..1024.
     strict: raise :class:`~camegrad_mini.rrg.paths.DataError` on any missing or unreadable image
         instead of skipping the study with a summary in ``ds.problems``.
@@ -160,6 +162,7 @@ def load_iu_xray(root: str | os.PathLike | None = None, images: str = "auto", im
     """
     if images not in IMAGE_MODES:
         raise ValueError(f"images must be one of {IMAGE_MODES}, got {images!r}")
+    images = "standin" if images == "phantom" else images
     if not isinstance(image_size, (int, np.integer)) or not 16 <= int(image_size) <= 1024:
         raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
     image_size = int(image_size)

@@ -39,6 +39,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from camegrad_mini.rrg.runfiles import FolderInUse, atomic_write_text, folder_lock, holder, in_use_message
+from camegrad_mini.stats import paired_difference
 
 __all__ = ["bench", "run_grid", "collect", "aggregate", "posthoc", "export", "load_results", "results_dir", "format_table",
            "run_name", "HEADLINE_METRICS", "main"]
@@ -46,6 +47,7 @@ __all__ = ["bench", "run_grid", "collect", "aggregate", "posthoc", "export", "lo
 # metric names as camegrad_mini.rrg.metrics returns them, prefixed with "test_"
 HEADLINE_METRICS = ["test_f1_macro", "test_precision_macro", "test_recall_macro", "test_f1_macro_13", "test_f1_example",
                     "test_f1_micro", "test_BLEU_1", "test_BLEU_4", "test_METEOR", "test_ROUGE_L", "test_CIDEr",
+                    "test_distinct_share", "test_n_triple_repeats", "test_cls_auroc_macro",
                     "conflict_share", "mean_cosine", "studies_per_s", "median_step_time_s"]
 SMALL_FILES = ["summary.json", "config.json", "metrics.csv", "steps.csv", "generations_test.jsonl", "metrics_test.json"]
 
@@ -200,7 +202,7 @@ def posthoc(root: str | Path, text: bool = True, meteor: bool = True) -> list[di
     Clinical efficacy uses the rule labeler on both sides (pure Python). Text metrics need
     pycocoevalcap (and Java for METEOR); if it is missing they are skipped with a note in the file.
     """
-    from camegrad_mini.rrg.metrics import clinical_efficacy
+    from camegrad_mini.rrg.metrics import classifier_auroc, clinical_efficacy, text_diversity
 
     out = []
     runs = sorted(p.parent for p in Path(root).glob("*/generations_test.jsonl"))
@@ -209,8 +211,16 @@ def posthoc(root: str | Path, text: bool = True, meteor: bool = True) -> list[di
     for run, gens in zip(runs, all_gens):
         gen, ref = [g["generated"] for g in gens], [g["reference"] for g in gens]
         ref_tok = [g.get("reference_tok", g["reference"]) for g in gens]
-        m: dict[str, Any] = {f"test_{k}": float(v) for k, v in clinical_efficacy(ref, gen).items()
+        ce = clinical_efficacy(ref, gen)
+        m: dict[str, Any] = {f"test_{k}": float(v) for k, v in ce.items()
                              if isinstance(v, (int, float, np.floating, np.integer)) and k != "n"}
+        m["test_f1_per_label"] = {o: v["f1"] for o, v in ce["per_label"].items()}
+        m["test_support_per_label"] = {o: v["support"] for o, v in ce["per_label"].items()}
+        m.update({f"test_{k}": float(v) for k, v in text_diversity(gen).items()})
+        if all("cls_prob" in g for g in gens):  # what the classification head knows, beside the text
+            au = classifier_auroc(ref, [g["cls_prob"] for g in gens])
+            m["test_cls_auroc_macro"] = au["macro"]
+            m["test_cls_auroc_per_label"] = au["per_label"]
         if text:
             try:
                 from camegrad_mini.rrg.metrics import text_metrics
@@ -274,6 +284,10 @@ def aggregate(rows: list[dict[str, Any]], metrics: Sequence[str] = HEADLINE_METR
                     dm, dsd = _mean_sd(d)
                     entry[k]["paired_diff"] = {"mean": dm, "sd": dsd, "n": len(d), "per_seed": d,
                                                "wins": int(sum(x > 0 for x in d))}
+                    if len(d) >= 2 and all(math.isfinite(x) for x in d):
+                        ci = paired_difference([by[(m, s)][k] for s in common], [by[(baseline, s)][k] for s in common])
+                        entry[k]["paired_diff"].update({"se": ci.se, "df": ci.df, "t_crit": ci.t_crit,
+                                                        "ci_lo": ci.lo, "ci_hi": ci.hi, "level": ci.level})
         table[m] = entry
     return {"baseline": baseline, "metrics": list(metrics), "methods": table, "excluded": excluded}
 
@@ -320,7 +334,8 @@ def export(root: str | Path, dest: str | Path, meta: dict[str, Any] | None = Non
         for name in SMALL_FILES:
             if (run / name).exists():
                 shutil.copy2(run / name, dest / run.name / name)
-    write_results(dest, meta)
+    # the always-normal floor with its text metrics too (skipped where pycocoevalcap is missing)
+    write_results(dest, meta, text=True, meteor=False)
     return dest
 
 

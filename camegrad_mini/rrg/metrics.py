@@ -267,3 +267,56 @@ def always_normal_floor(refs: Sequence[str], *, report: str | None = None,
         raise ValueError(f"ce_refs has {len(ce_refs)} reports but refs has {len(refs)}")
     return {"report": report, "text": text_metrics(refs, hyps, meteor=meteor),
             "ce": clinical_efficacy(ce_refs, hyps)}
+
+
+# --------------------------------------------------------------------------------------------
+# Is the model writing about the image, or one template?
+# --------------------------------------------------------------------------------------------
+_TRIPLE = re.compile(r"(?:^|\s)(\S+)(?: \1){2,}(?=\s|$)")
+
+
+def text_diversity(hyps: Sequence[str]) -> dict:
+    """Degeneracy checks a score table hides: the share of studies whose report is distinct
+    (distinct reports / studies), and how many reports repeat a token three or more times in a
+    row ("the the the"). One template for every study gives ``distinct_share = 1/N``."""
+    if not hyps:
+        raise ValueError("hyps is empty")
+    for i, h in enumerate(hyps):
+        if not isinstance(h, str):
+            raise TypeError(f"hyps[{i}] is {type(h).__name__}, not a report text (str)")
+    return {"distinct_share": len(set(hyps)) / len(hyps),
+            "n_triple_repeats": sum(bool(_TRIPLE.search(h)) for h in hyps),
+            "mean_words": float(np.mean([len(h.split()) for h in hyps]))}
+
+
+def auroc(y: np.ndarray, score: np.ndarray) -> float:
+    """Area under the ROC curve of ``score`` for binary ``y`` (Mann-Whitney U with mid-ranks for
+    ties); NaN when only one class is present."""
+    y, score = np.asarray(y).astype(bool).ravel(), np.asarray(score, dtype=float).ravel()
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score))
+    s = score[order]
+    i = 0
+    while i < len(s):  # mid-ranks over runs of ties
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i:j + 1]] = 0.5 * (i + j) + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def classifier_auroc(ref_labels, probs) -> dict:
+    """Per-observation AUROC of the classification head's probabilities ``[N, 14]`` against the
+    reference labels (states or reports; positive or uncertain = 1): what the encoder knows,
+    to read beside what the generated text says (:func:`clinical_efficacy`)."""
+    y = _as_binary(ref_labels, "ref_labels", None)
+    p = np.asarray(probs, dtype=float)
+    if p.shape != y.shape:
+        raise ValueError(f"probs must be [N, {y.shape[1]}] like the labels, got {p.shape}")
+    per = {o: auroc(y[:, j], p[:, j]) for j, o in enumerate(CHEXPERT_OBSERVATIONS)}
+    vals = [v for v in per.values() if not np.isnan(v)]
+    return {"per_label": per, "macro": float(np.mean(vals)) if vals else float("nan"), "n_defined": len(vals)}

@@ -92,6 +92,9 @@ class ModelConfig:
     # classifier's detached probability (or, in training, the label). The book's choice; see the
     # module docstring.
     diagnosis_prompt: bool = False
+    # > 0: the prompts carry the hard diagnosis (probability >= threshold) rather than the
+    # probability, the same 0/1 values the labels give in training
+    prompt_threshold: float = 0.0
     pretrained_encoder: bool = False  # ImageNet ResNet-18 via torchvision; downloads, so off
 
     def __post_init__(self) -> None:
@@ -120,6 +123,7 @@ class ModelConfig:
         need(self.max_len >= 2, f"max_len must be >= 2, got {self.max_len}")
         need(0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}")
         need(self.align_dim >= 0, f"align_dim must be >= 0, got {self.align_dim}")
+        need(0.0 <= self.prompt_threshold < 1.0, f"prompt_threshold must be in [0, 1), got {self.prompt_threshold}")
 
     @classmethod
     def preset(cls, name: str, vocab_size: int, **overrides: Any) -> "ModelConfig":
@@ -442,6 +446,8 @@ class ReportGenerator(nn.Module):
         if not self.config.diagnosis_prompt:
             return memory
         p = torch.sigmoid(cls_logits.float())
+        if self.config.prompt_threshold > 0:
+            p = (p >= self.config.prompt_threshold).float()
         if prompt_probs is not None:
             p = torch.where(torch.isnan(prompt_probs), p, prompt_probs.float())
         p = p.detach().to(memory.dtype).unsqueeze(-1)  # [B, n_obs, 1]
@@ -495,7 +501,7 @@ class ReportGenerator(nn.Module):
     @torch.no_grad()
     def generate(self, images: torch.Tensor, max_len: int | None = None, beam_size: int = 1,
                  no_repeat_ngram: int = 0, length_penalty: float = 0.0,
-                 use_cache: bool = True) -> list[list[int]]:
+                 use_cache: bool = True, *, max_run: int = 0, min_len: int = 0) -> list[list[int]]:
         """Decode reports: greedy (``beam_size=1``) or beam search, batched over the studies.
 
         Returns token ids per study without BOS and EOS (at most ``max_len`` of them; the config's
@@ -507,6 +513,11 @@ class ReportGenerator(nn.Module):
         * ``length_penalty=a``: beam search ranks hypotheses by ``sum of log-probs / length**a``,
           length counting the generated tokens including EOS (fairseq's convention). The default
           0 ranks by the plain sum; 1 ranks by the mean log-prob per token. Greedy ignores it.
+        * ``max_run=r > 0``: no token more than ``r`` times in a row (``max_run=2`` forbids
+          "the the the"; IU reports themselves repeat the anonymisation token "xxxx", and a small
+          decoder copies such runs). 0 turns the rule off.
+        * ``min_len=m > 0``: EOS is forbidden before ``m`` generated tokens (fairseq's ``--min-len``):
+          a short template pays BLEU's brevity penalty however right its content. 0: off.
         * ``use_cache=False``: re-run the decoder over the whole prefix at every step instead of
           keeping keys/values; the slow reference path, kept for testing the cache.
 
@@ -518,13 +529,15 @@ class ReportGenerator(nn.Module):
             raise ValueError(f"max_len must be in [1, {self.config.max_len}], got {max_len}")
         if beam_size < 1:
             raise ValueError(f"beam_size must be >= 1, got {beam_size}")
-        if no_repeat_ngram < 0:
-            raise ValueError(f"no_repeat_ngram must be >= 0, got {no_repeat_ngram}")
+        for name, v in (("no_repeat_ngram", no_repeat_ngram), ("max_run", max_run), ("min_len", min_len)):
+            if v < 0:
+                raise ValueError(f"{name} must be >= 0, got {v}")
         visual = self.encode(images)
         memory = self.decoder_memory(visual, self.classify(visual))
         if beam_size == 1:
-            return self._greedy(memory, max_len, no_repeat_ngram, use_cache)
-        return self._beam(memory, max_len, beam_size, no_repeat_ngram, length_penalty, use_cache)
+            return self._greedy(memory, max_len, no_repeat_ngram, use_cache, max_run=max_run, min_len=min_len)
+        return self._beam(memory, max_len, beam_size, no_repeat_ngram, length_penalty, use_cache,
+                          max_run=max_run, min_len=min_len)
 
     def _new_cache(self, memory: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """One key/value cache per decoder block (see :meth:`DecoderBlock.new_cache`)."""
@@ -561,14 +574,31 @@ class ReportGenerator(nn.Module):
         banned.scatter_add_(1, grams[..., -1], hit.int())
         return logits.masked_fill(banned > 0, float("-inf"))
 
+    def _constrain(self, logits: torch.Tensor, generated: torch.Tensor, no_repeat_ngram: int,
+                   max_run: int, min_len: int) -> torch.Tensor:
+        """Every decoding rule of :meth:`generate` applied to ``logits`` [B, V] (banned: -inf),
+        given the tokens generated so far [B, L] without BOS."""
+        logits = self._ban_repeats(logits, generated, no_repeat_ngram)
+        L = generated.shape[1]
+        if max_run > 0 and L >= max_run:
+            last = generated[:, L - max_run:]
+            same = (last == last[:, -1:]).all(-1)  # the row ends in a run of max_run equal tokens
+            ban = torch.zeros_like(logits, dtype=torch.bool)
+            ban[same, last[same, -1]] = True
+            logits = logits.masked_fill(ban, float("-inf"))
+        if L < min_len:
+            logits = logits.clone()
+            logits[:, self.config.eos_id] = float("-inf")
+        return logits
+
     def _greedy(self, memory: torch.Tensor, max_len: int, no_repeat_ngram: int = 0,
-                use_cache: bool = True) -> list[list[int]]:
+                use_cache: bool = True, *, max_run: int = 0, min_len: int = 0) -> list[list[int]]:
         cfg, B = self.config, memory.shape[0]
         seq = torch.full((B, 1), cfg.bos_id, dtype=torch.long, device=memory.device)
         done = torch.zeros(B, dtype=torch.bool, device=memory.device)
         cache = self._new_cache(memory) if use_cache else None
         for _ in range(max_len):
-            logits = self._ban_repeats(self._next_logits(seq, memory, cache), seq[:, 1:], no_repeat_ngram)
+            logits = self._constrain(self._next_logits(seq, memory, cache), seq[:, 1:], no_repeat_ngram, max_run, min_len)
             nxt = logits.argmax(-1)
             # finished rows keep producing EOS, so that the batch stays rectangular
             nxt = torch.where(done, torch.full_like(nxt, cfg.eos_id), nxt)
@@ -579,7 +609,8 @@ class ReportGenerator(nn.Module):
         return [self._strip(row) for row in seq[:, 1:].tolist()]
 
     def _beam(self, memory: torch.Tensor, max_len: int, k: int, no_repeat_ngram: int = 0,
-              length_penalty: float = 0.0, use_cache: bool = True) -> list[list[int]]:
+              length_penalty: float = 0.0, use_cache: bool = True, *, max_run: int = 0,
+              min_len: int = 0) -> list[list[int]]:
         """Beam search over all studies at once: row ``i * k + j`` holds hypothesis j of study i."""
         cfg, B, V = self.config, memory.shape[0], self.config.vocab_size
         dev = memory.device
@@ -601,7 +632,7 @@ class ReportGenerator(nn.Module):
         for t in range(1, max_len + 1):
             # the ban comes after the softmax: banned tokens drop out, the others keep the model's log-probs
             logp = self._next_logits(seq, memory, cache).float().log_softmax(-1)
-            logp = self._ban_repeats(logp, seq[:, 1:], no_repeat_ngram)
+            logp = self._constrain(logp, seq[:, 1:], no_repeat_ngram, max_run, min_len)
             logp = torch.where(done[..., None], carry, logp.view(B, k, V))
             total = score[..., None] + logp  # [B, k, V]: every one-token extension of every hypothesis
             cand_len = torch.where(done, length, torch.full_like(length, t))

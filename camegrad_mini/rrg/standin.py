@@ -1,4 +1,8 @@
-"""Stand-in radiographs: cartoon chest X-rays drawn from each study's labels. NOT real images.
+"""The phantom set: cartoon chest X-rays drawn from each study's labels. NOT real images.
+
+The book calls these images **phantoms**, as imaging calls a test object with known content: the
+reports and labels are the real IU X-Ray ones, and each finding has a known visual sign. The
+module keeps its older name, ``standin``.
 
 The real IU X-Ray images (about 1 GB) cannot be shipped or fetched on CI machines, yet the
 report-generation chapter needs images whose content *predicts the findings*, so that the
@@ -33,7 +37,7 @@ import numpy as np
 from .labeler import CHEXPERT_OBSERVATIONS
 
 STANDIN_VERSION = 1  # bump when the drawing changes: it is part of the cache key
-STANDIN_NOTE = "STAND-IN images (drawn from report labels, not real radiographs)"
+STANDIN_NOTE = "PHANTOM images (drawn from report labels: each finding has a known visual sign; not real radiographs)"
 _O = {n: i for i, n in enumerate(CHEXPERT_OBSERVATIONS)}
 _N_PARAMS = 32
 

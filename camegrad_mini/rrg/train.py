@@ -78,7 +78,7 @@ class TrainConfig:
     seed: int = 0
     # data
     data_root: str | None = None  # None: the shipped data_samples/iu_xray (real reports, stand-in images)
-    images: str = "auto"  # "auto" | "real" | "standin"
+    images: str = "auto"  # "auto" | "real" | "phantom" ("standin": its older name)
     image_size: int = 128
     data_seed: int = 0  # seeds the stand-in pictures; the same for every method and seed
     n_train: int | None = None  # None: the whole split; else the first n studies
@@ -117,6 +117,10 @@ class TrainConfig:
     aug_intensity: float = 0.1
     # evaluation
     beam_size: int = 1  # test decoding; validation is always greedy
+    no_repeat_ngram: int = 0  # test decoding: ban repeated n-grams (0: off)
+    length_penalty: float = 0.0  # test beam search: rank by log-prob / length**length_penalty
+    max_run: int = 0  # decoding (validation and test): no token more than this many times in a row
+    min_len: int = 0  # decoding (validation and test): no EOS before this many tokens
     eval_batch_size: int = 128
     text_metrics: bool = False  # pycocoevalcap at the end (the GPU machine has none: post-hoc)
     # machine
@@ -132,7 +136,8 @@ class TrainConfig:
                 raise ValueError(msg)
 
         need(self.method in METHODS, f"method={self.method!r} is not one of {sorted(METHODS)}")
-        need(self.images in ("auto", "real", "standin"), f"images={self.images!r} must be 'auto', 'real' or 'standin'")
+        need(self.images in ("auto", "real", "phantom", "standin"),
+             f"images={self.images!r} must be 'auto', 'real' or 'phantom'")
         need(self.epochs >= 1, f"epochs must be >= 1, got {self.epochs}")
         need(self.batch_size >= 2, f"batch_size must be >= 2, got {self.batch_size}")
         need(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -152,6 +157,7 @@ class TrainConfig:
             v = getattr(self, n)
             need(v is None or v >= 2, f"{n} must be None or >= 2, got {v}")
         need(self.beam_size >= 1, f"beam_size must be >= 1, got {self.beam_size}")
+        need(self.no_repeat_ngram >= 0, f"no_repeat_ngram must be >= 0, got {self.no_repeat_ngram}")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device={self.device!r} must be 'auto', 'cpu', 'cuda' or 'cuda:N'")
 
@@ -168,10 +174,18 @@ class TrainConfig:
 
 
 # Presets. gpu_full: the full model on all 2,069 training studies (one H100, see tools/gpu_run.sh).
+# cpu_full: all studies of the phantom set with the small model (tools/cpu_run.sh, about 45 min).
 # cpu_reduced: what the chapter runs on a 2-core CPU in seconds. tiny: the unit tests.
 CONFIGS: dict[str, dict[str, Any]] = {
     "gpu_full": dict(model="full", image_size=128, epochs=20, batch_size=32, lr=5e-4, warmup_steps=200,
                      beam_size=1, eval_batch_size=300),
+    # cpu_full: the committed CPU run of chapter 6 (tools/cpu_run.sh): every study of the phantom
+    # set, the small model at 64 px with diagnosis prompts, about 8 minutes per run on one thread.
+    "cpu_full": dict(model="small", image_size=64, epochs=26, batch_size=32, lr=2e-3, warmup_steps=150,
+                     eval_batch_size=150, label_smoothing=0.0, prompt_teacher=1.0, cls_pos_weight_cap=10.0,
+                     max_run=2, min_len=26,
+                     model_overrides={"diagnosis_prompt": True, "prompt_threshold": 0.4, "n_dec_layers": 3,
+                                      "dropout": 0.0}),
     "cpu_reduced": dict(model="tiny", image_size=32, n_train=192, n_val=24, n_test=48, epochs=8,
                         batch_size=16, lr=1e-2, warmup_steps=10, eval_batch_size=48,
                         model_overrides={"max_len": 40}, label_smoothing=0.0),
@@ -333,17 +347,33 @@ def _resolve_device(name: str) -> torch.device:
 
 @torch.no_grad()
 def generate_reports(model: ReportGenerator, split: SplitTensors, tokenizer: Any, batch_size: int,
-                     beam_size: int = 1, autocast: Any = nullcontext) -> list[str]:
-    """Decoded generated reports for every study in ``split`` (model put in eval mode)."""
+                     beam_size: int = 1, autocast: Any = nullcontext, **decoding: Any) -> list[str]:
+    """Decoded generated reports for every study in ``split`` (model put in eval mode);
+    ``decoding`` goes to :meth:`ReportGenerator.generate` (``no_repeat_ngram``, ``length_penalty``)."""
     was_training = model.training
     model.eval()
     texts: list[str] = []
     for i in range(0, len(split), batch_size):
         with autocast():
-            ids = model.generate(split.images[i:i + batch_size], beam_size=beam_size)
+            ids = model.generate(split.images[i:i + batch_size], beam_size=beam_size, **decoding)
         texts.extend(tokenizer.decode(s) for s in ids)
     model.train(was_training)
     return texts
+
+
+@torch.no_grad()
+def classifier_probs(model: ReportGenerator, split: SplitTensors, batch_size: int, autocast: Any = nullcontext) -> np.ndarray:
+    """The classification head's probabilities ``[N, n_obs]``: what the encoder knows, to read
+    beside what the generated text says."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(split), batch_size):
+        with autocast():
+            logits = model.classify(model.encode(split.images[i:i + batch_size]))
+        out.append(torch.sigmoid(logits.float()).cpu().numpy())
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros((0, model.config.n_obs), dtype=np.float32)
 
 
 @torch.no_grad()
@@ -739,7 +769,8 @@ def _train(cfg: TrainConfig, out: Path, resume: bool, dataset: Any | None, data:
             break
 
         # validation: greedy decoding, rule-labeler clinical F1 (the selection metric), NLL
-        val_texts = generate_reports(model, va, tok, cfg.eval_batch_size, beam_size=1, autocast=autocast)
+        val_texts = generate_reports(model, va, tok, cfg.eval_batch_size, beam_size=1, autocast=autocast,
+                                     max_run=cfg.max_run, min_len=cfg.min_len)
         ce = clinical_scores(val_texts, va.reports)
         val_f1, val_nll = _macro_f1(ce), validation_nll(model, va, cfg.eval_batch_size, autocast)
         # the paper's rule: best validation clinical F1; ties (common early on, when every
@@ -806,8 +837,11 @@ def _finish(cfg: TrainConfig, out: Path, model: ReportGenerator, data: PreparedD
         model.load_state_dict(load_checkpoint(out / "best.pt", device, ("model",))["model"])
     te = data.splits["test"]
     t0 = time.perf_counter()
-    gen = generate_reports(model, te, data.tokenizer, cfg.eval_batch_size, beam_size=cfg.beam_size, autocast=autocast)
+    gen = generate_reports(model, te, data.tokenizer, cfg.eval_batch_size, beam_size=cfg.beam_size, autocast=autocast,
+                           no_repeat_ngram=cfg.no_repeat_ngram, length_penalty=cfg.length_penalty,
+                           max_run=cfg.max_run, min_len=cfg.min_len)
     decode_time = time.perf_counter() - t0
+    probs = classifier_probs(model, te, cfg.eval_batch_size, autocast)
     from camegrad_mini.rrg import label_reports
     from camegrad_mini.rrg.metrics import r2gen_references
 
@@ -816,7 +850,8 @@ def _finish(cfg: TrainConfig, out: Path, model: ReportGenerator, data: PreparedD
     refs_tok = r2gen_references(data.tokenizer, te.reports)
     gl, rl = np.asarray(label_reports(gen)), np.asarray(label_reports(te.reports))
     lines = [json.dumps({"id": sid, "reference": ref, "reference_tok": rt, "generated": g,
-                         "ref_labels": rl[i].astype(int).tolist(), "gen_labels": gl[i].astype(int).tolist()}) + "\n"
+                         "ref_labels": rl[i].astype(int).tolist(), "gen_labels": gl[i].astype(int).tolist(),
+                         "cls_prob": [round(float(x), 4) for x in probs[i]]}) + "\n"
              for i, (sid, ref, rt, g) in enumerate(zip(te.ids, te.reports, refs_tok, gen))]
     atomic_write_text(out / "generations_test.jsonl", "".join(lines))
     test = {f"test_{k}": v for k, v in clinical_scores(gen, te.reports).items()}
@@ -860,7 +895,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (logs, checkpoints, generations, summary)")
     p.add_argument("--no-resume", action="store_true", help="start over even if OUT/last.pt exists")
     p.add_argument("--data-root", default=None, help="prepared IU X-Ray folder (default: the shipped data_samples)")
-    p.add_argument("--images", choices=["auto", "real", "standin"], default=None)
+    p.add_argument("--images", choices=["auto", "real", "phantom", "standin"], default=None,
+                   help="real radiographs, the phantom set, or auto (real where present); standin = phantom")
     p.add_argument("--image-size", type=int, default=None)
     for name, typ in [("epochs", int), ("batch-size", int), ("lr", float), ("warmup-steps", int),
                       ("n-train", int), ("n-val", int), ("n-test", int), ("beam-size", int),
