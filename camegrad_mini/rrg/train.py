@@ -182,7 +182,7 @@ CONFIGS: dict[str, dict[str, Any]] = {
     # cpu_full: the committed CPU run of chapter 6 (tools/cpu_run.sh): every study of the phantom
     # set, the small model at 64 px with diagnosis prompts, about 8 minutes per run on one thread.
     "cpu_full": dict(model="small", image_size=64, epochs=26, batch_size=32, lr=2e-3, warmup_steps=150,
-                     eval_batch_size=150, label_smoothing=0.0, prompt_teacher=1.0, cls_pos_weight_cap=10.0,
+                     eval_batch_size=150, label_smoothing=0.1, prompt_teacher=1.0, cls_pos_weight_cap=10.0,
                      max_run=2, min_len=26,
                      model_overrides={"diagnosis_prompt": True, "prompt_threshold": 0.4, "n_dec_layers": 3,
                                       "dropout": 0.0}),
