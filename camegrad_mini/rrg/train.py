@@ -30,7 +30,7 @@ position (the batch, the epoch's data order and its step rows so far), the summa
 ``last.pt.sha256`` (``best.pt.sha256``) beside each checkpoint is checked before loading: an
 empty, truncated or altered checkpoint is refused with one line naming it, never resumed from.
 
-One training per folder: ``OUT/.lock`` is held for the whole run (``camegrad_mini.rrg.runfiles``),
+One training per folder: ``OUT/.lock`` is held for the whole run (:mod:`camegrad_mini.rrg.runfiles`),
 so a second training into the same ``--out`` fails at once instead of interleaving the logs.
 """
 from __future__ import annotations
