@@ -173,6 +173,159 @@ class Runner:
         return t2 - t0, (t2 - t1) - self.base_seconds
 
 
+# ---------------------------------------------------------------------------------- T sweep
+try:  # optional: measured in the same interleaved run when installed, never required
+    import torchjd
+    from torchjd.aggregation import UPGrad
+
+    UPGrad()  # its default projector needs the optional qpsolvers and quadprog
+except ImportError:  # pragma: no cover - depends on the environment
+    torchjd = None
+
+SWEEP_VARIANTS = ("floor", "CAMEGrad[came]", "CAMEGrad[ls]") + (("torchjd[UPGrad]",) if torchjd else ())
+
+
+def _torchjd_version() -> str:
+    if torchjd is None:
+        return "not installed (pip install torchjd qpsolvers quadprog to compare)"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torchjd")
+    except PackageNotFoundError:
+        return "installed"
+
+
+class ManyTaskMLP(nn.Module):
+    """(c) The MLP of (a) with T tasks, each a regression on its own projection of the output."""
+
+    def __init__(self, tasks: int) -> None:
+        super().__init__()
+        self.net = SharedMLP().net
+        self.register_buffer("proj", torch.randn(tasks, 128, 16) / 128**0.5)
+
+    def losses(self, x: torch.Tensor, ys: torch.Tensor) -> list[torch.Tensor]:
+        out = self.net(x)
+        return [((out @ self.proj[i] - ys[i]) ** 2).mean() for i in range(self.proj.shape[0])]
+
+
+class SweepRunner:
+    """One step of the T-task MLP: ``floor`` (T ``autograd.grad`` calls, the weighted sum written
+    into ``.grad``, SGD step), CAMEGrad with an aggregator, or torchjd's ``backward`` +
+    ``jac_to_grad`` with UPGrad (its defaults: the T backward passes batched with vmap)."""
+
+    def __init__(self, variant: str, tasks: int, device: torch.device, dtype: torch.dtype) -> None:
+        torch.manual_seed(0)
+        self.variant = variant
+        self.model = ManyTaskMLP(tasks).to(device=device, dtype=dtype)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(256, 128, generator=g).to(device=device, dtype=dtype)
+        self.ys = torch.randn(tasks, 256, 16, generator=g).to(device=device, dtype=dtype)
+        self.weights = [1.0 + (i % 4) for i in range(tasks)]
+        self.params = list(self.model.parameters())
+        self.sgd = torch.optim.SGD(self.params, lr=1e-5)
+        self.opt = CAMEGrad(self.sgd, aggregator=variant[9:-1]) if variant.startswith("CAMEGrad[") else None
+        self.upgrad = UPGrad() if variant.startswith("torchjd") else None
+        self.sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def run(self) -> float:
+        self.sync()
+        t0 = time.perf_counter()
+        losses = self.model.losses(self.x, self.ys)
+        if self.opt is not None:
+            self.opt.step(losses, task_weights=self.weights)
+        elif self.upgrad is not None:
+            self.sgd.zero_grad(set_to_none=True)
+            torchjd.autojac.backward([w * loss for w, loss in zip(self.weights, losses)], inputs=self.params)
+            torchjd.autojac.jac_to_grad(self.params, self.upgrad)
+            self.sgd.step()
+        else:
+            self.sgd.zero_grad(set_to_none=True)
+            t = len(losses)
+            grads = [torch.autograd.grad(loss, self.params, retain_graph=i < t - 1) for i, loss in enumerate(losses)]
+            for k, p in enumerate(self.params):
+                acc = grads[0][k] * self.weights[0]
+                for i in range(1, t):
+                    acc.add_(grads[i][k], alpha=self.weights[i])
+                p.grad = acc
+            self.sgd.step()
+        self.sync()
+        return time.perf_counter() - t0
+
+
+def sweep_memory_child(tasks: int, steps: int = 3) -> None:
+    """Fresh process: the high-water-mark growth of a few steps of each sweep variant (as
+    :func:`memory_child`)."""
+    import gc
+
+    torch.set_num_threads(1)
+    for variant in SWEEP_VARIANTS:
+        SweepRunner(variant, tasks, torch.device("cpu"), torch.float32).run()
+    gc.collect()
+    out = {}
+    for variant in SWEEP_VARIANTS:
+        runner = SweepRunner(variant, tasks, torch.device("cpu"), torch.float32)
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        before = _vm("VmRSS")
+        for _ in range(steps):
+            runner.run()
+        out[variant] = _vm("VmHWM") - before
+        del runner
+        gc.collect()
+    print(json.dumps(out))
+
+
+def bench_sweep(tasks_list: list[int], device: torch.device, dtype: torch.dtype, rounds: int,
+                warmup: int, memory: bool) -> list[dict]:
+    """Interleaved rounds per T; every ratio is the median of per-round ratios to the floor."""
+    rows = []
+    for tasks in tasks_list:
+        runners = {v: SweepRunner(v, tasks, device, dtype) for v in SWEEP_VARIANTS}
+        for _ in range(warmup):
+            for r in runners.values():
+                r.run()
+        times: dict[str, list[float]] = {v: [] for v in SWEEP_VARIANTS}
+        for k in range(rounds):
+            rot = SWEEP_VARIANTS[k % len(SWEEP_VARIANTS):] + SWEEP_VARIANTS[: k % len(SWEEP_VARIANTS)]
+            for v in rot:
+                times[v].append(runners[v].run())
+        del runners
+        mems = {}
+        if memory and device.type == "cpu":
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+            proc = subprocess.run([sys.executable, __file__, "--sweep-memory-child", str(tasks)],
+                                  check=True, capture_output=True, text=True, env=env)
+            mems = {v: b / 2**20 for v, b in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
+        for v in SWEEP_VARIANTS:
+            rows.append({
+                "tasks": tasks, "variant": v, "median_ms": 1e3 * statistics.median(times[v]),
+                "ratio": statistics.median(a / b for a, b in zip(times[v], times["floor"])),
+                "peak_mib": mems.get(v), "mem_ratio": mems[v] / mems["floor"] if mems else None,
+            })
+    return rows
+
+
+def sweep_table(rows: list[dict]) -> str:
+    lines = ["| T | variant | median ms | ratio to floor | peak memory MiB | memory ratio to floor |",
+             "|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['tasks']} | {r['variant']} | {r['median_ms']:.1f} | {r['ratio']:.3f} | "
+                     f"{fmt(r['peak_mib'], '.1f')} | {fmt(r['mem_ratio'], '.2f')} |")
+    return "\n".join(lines)
+
+
+def sweep_goals(rows: list[dict]) -> str:
+    out = []
+    for r in rows:
+        if r["variant"] == "CAMEGrad[came]":
+            mem = "" if r["mem_ratio"] is None else f", memory {r['mem_ratio']:.2f}x the floor's"
+            out.append(f"- T={r['tasks']}: CAME-Grad / floor {r['ratio']:.3f}x (goal <= 1.05x): "
+                       f"{'met' if r['ratio'] <= 1.05 else 'NOT met'}{mem}")
+    return "\n".join(out)
+
+
 # ---------------------------------------------------------------------------------- memory
 def _vm(field: str) -> int:
     with open("/proc/self/status") as fh:
@@ -338,10 +491,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the reference setting)")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     ap.add_argument("--json", help="also write the rows to this JSON file")
+    ap.add_argument("--tasks", default="2,4,8,16,32", help="T values of the many-task sweep (mlp)")
+    ap.add_argument("--sweep-rounds", type=int, default=11, help="interleaved rounds per T")
+    ap.add_argument("--no-sweep", dest="sweep", action="store_false", help="skip the T sweep")
+    ap.add_argument("--only-sweep", action="store_true", help="run the T sweep only")
     ap.add_argument("--memory-child", metavar="MODEL", help=argparse.SUPPRESS)
+    ap.add_argument("--sweep-memory-child", type=int, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
         memory_child(args.memory_child, args.base)
+        return
+    if args.sweep_memory_child:
+        sweep_memory_child(args.sweep_memory_child)
         return
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -350,6 +511,23 @@ def main() -> None:
     dtypes = {"fp32": [torch.float32], "bf16": [torch.bfloat16], "both": [torch.float32, torch.bfloat16]}[args.dtype]
     all_rows = []
     for dtype in dtypes:
+        if args.sweep:
+            t0 = time.perf_counter()
+            srows = bench_sweep([int(t) for t in args.tasks.split(",")], device, dtype, args.sweep_rounds,
+                                args.warmup, args.memory)
+            print(f"## Many-task sweep (mlp, T tasks): {device.type}, {str(dtype).replace('torch.', '')}\n")
+            print(f"Machine: {machine_line(device)}. Batch 256, SGD base, weights 1 + (i mod 4), "
+                  f"{args.sweep_rounds} interleaved rounds per T after {args.warmup} warm-up steps; "
+                  f"torchjd: {_torchjd_version()}.\n")
+            print(sweep_table(srows))
+            print()
+            print(sweep_goals(srows))
+            print(f"\n(sweep wall time {time.perf_counter() - t0:.0f} s)\n")
+            for r in srows:
+                r["device"], r["dtype"], r["model"] = device.type, str(dtype), "mlp-sweep"
+            all_rows += srows
+        if args.only_sweep:
+            continue
         t0 = time.perf_counter()
         rows = []
         for model_name in MODELS:

@@ -423,3 +423,108 @@ def test_aggregator_objects_and_names():
     assert get_aggregator("cagrad", c=0.2, rescale=0).config() == {"c": 0.2, "rescale": 0}
     opt.aggregator.nu = 0.5  # hyperparameters may change between steps
     assert opt.step(model.losses(*batch())).norms["g_final"] > 0
+
+
+# ------------------------------------------------------------------------------ flat buffer
+def _three_task_losses(model: TwoHead, data, step: int, tasks: int = 3) -> list[torch.Tensor]:
+    """The two heads' losses and ``tasks - 2`` more on the encoder only."""
+    out = model.losses(*data)
+    for k in range(tasks - 2):
+        x3 = torch.randn(8, 3, generator=torch.Generator().manual_seed(50 + 7 * step + k), dtype=data[0].dtype)
+        out.append(((model.enc(x3) - k / 4) ** 2).mean())
+    return out
+
+
+WEIGHTS_10 = [1.0, 4.0, 0.5, 1.0, 2.0, 0.3, 1.5, 1.0, 0.7, 3.0]
+
+
+def _train(name: str, flat: bool, tasks: int, micro: int, scaler: bool, **kw):
+    """Four SGD steps through the flat buffer, or through the per-tensor path (the path of a
+    step whose reach pattern changed, or of any step with mixed or low-precision gradients)."""
+    model = TwoHead(0).double()
+    opt = CAMEGrad(torch.optim.SGD(model.parameters(), lr=0.1), aggregator=name, **kw)
+    opt._use_flat = flat
+    infos = []
+    amp = torch.amp.GradScaler("cpu", init_scale=2.0**8) if scaler else None
+    for step in range(4):
+        x, y0, y1 = batch(seed=step)
+        for sl in np.array_split(np.arange(8), micro):
+            data = (x[sl].double(), y0[sl].double(), y1[sl])
+            losses = _three_task_losses(model, data, step, tasks)
+            opt.backward([loss / micro for loss in losses], task_weights=WEIGHTS_10[:tasks], scaler=amp)
+        infos.append(opt.step(scaler=amp))
+        if amp is not None:
+            amp.update()
+    return model, infos, opt
+
+
+@pytest.mark.parametrize("name", ["ls", "pcgrad", "mgda", "cagrad", "came"])
+@pytest.mark.parametrize(
+    "tasks, micro, scaler, kw",
+    [(2, 1, False, {}), (3, 1, False, {}), (3, 2, False, {"shared": "all"}), (2, 2, True, {}),
+     (3, 1, False, {"shared": "enc.weight"}), (2, 1, False, {"max_grad_norm": 1e-2}),
+     # ten tasks: the Gram matrix goes through _flat.chunked_gram (CHUNKED_FROM); with "all",
+     # the last task reaches only some of the combined parameters
+     (10, 1, False, {}), (10, 2, False, {"shared": "all"})],
+)
+def test_flat_buffer_steps_equal_per_tensor_steps(name, tasks, micro, scaler, kw):
+    if kw.get("shared") == "enc.weight":  # explicit: the bias and the heads become weighted sums
+        kw = {"shared": [p for n, p in TwoHead(0).named_parameters() if n == "enc.weight"]}
+    flat_model, flat_infos, flat_opt = _train(name, True, tasks, micro, scaler, **kw)
+    ref_model, ref_infos, ref_opt = _train(name, False, tasks, micro, scaler, **kw)
+    # each path did run (two tasks in one process use the per-tensor path by design)
+    assert (flat_opt._layout is not None) == (tasks > 2) and ref_opt._layout is None
+    for p, q in zip(flat_model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
+    for a, b in zip(flat_infos, ref_infos):
+        np.testing.assert_allclose(a.inner_products, b.inner_products, rtol=1e-10, atol=1e-16)
+        assert a.shared_numel == b.shared_numel and a.degenerate == b.degenerate
+
+
+def test_flat_buffer_follows_a_change_of_reach_pattern():
+    model, opt = make("came", lr=0.1)
+    ref_model, _ = make("came", lr=0.1)
+    seen = []
+    for step in range(6):
+        tasks = 4 if step in (2, 3) else 3  # steps 2-3 add a task, steps 4-5 drop it again
+        for m, o in ((model, opt), (ref_model, CAMEGrad(torch.optim.SGD(ref_model.parameters(), lr=0.1)))):
+            if m is ref_model:
+                o._use_flat = False
+            o.step(_three_task_losses(m, batch(seed=step), step, tasks), task_weights=WEIGHTS_10[:tasks])
+        seen.append(opt._layout.num_tasks if opt._layout is not None else None)
+    for p, q in zip(model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
+    assert seen == [3, 3, 4, 4, 3, 3]  # a new buffer, planned from the graphs, whenever T changes
+
+
+def test_flat_buffer_grad_is_overwritten_not_leaked():
+    model, opt = make("came")
+    for step in range(3):
+        opt.step(_three_task_losses(model, batch(), step), task_weights=[1.0, 4.0, 0.5])
+    assert opt._layout is not None
+    assert model.unused.weight.grad is None
+    assert not model.enc.weight._backward_hooks  # the slot hooks live only inside a step
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert set(grads) == {"enc.weight", "enc.bias", "head0.weight", "head0.bias", "head1.weight", "head1.bias"}
+    opt.backward(_three_task_losses(model, batch(), 3), task_weights=[1.0, 4.0, 0.5])
+    assert all(p.grad is None for p in model.parameters())  # released at the first backward()
+
+
+@pytest.mark.parametrize("rows", [3, 12])
+def test_flat_gram_kernels_match_float64_across_chunk_boundaries(rows):
+    from camegrad_mini.optim import _flat
+
+    g = torch.Generator().manual_seed(0)
+    sizes = [70001, 5, 40000]  # crosses GRAM_CHUNK and COPY_CHUNK boundaries, odd remainders
+    full = torch.randn(rows + 1, sum(sizes), generator=g)
+    full[rows, sizes[0] : sizes[0] + sizes[1]] = 0.0  # the last row misses the middle tensor
+    ref = (full.double() @ full.double().T).numpy()
+    scale = np.abs(ref).max()
+    held = full[:rows]
+    np.testing.assert_allclose(_flat.block_gram(held).numpy(), ref[:rows, :rows], rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(_flat.block_gram(held, torch.float64).numpy(), ref[:rows, :rows], rtol=1e-12)
+    bounds = np.cumsum([0] + sizes)
+    last = [(slice(int(a), int(b)), None if k == 1 else full[rows, a:b].clone())
+            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    np.testing.assert_allclose(_flat.chunked_gram(held, last).numpy(), ref, rtol=0, atol=1e-6 * scale)
+    np.testing.assert_allclose(_flat.chunked_gram(held, last, torch.float64).numpy(), ref, rtol=1e-12)

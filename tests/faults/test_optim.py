@@ -176,3 +176,25 @@ def test_clipping_huge_finite_gradients_clips_them():
     total = math.sqrt(sum(float(p.grad.double().pow(2).sum()) for p in model.parameters() if p.grad is not None))
     assert not info.skipped and math.isfinite(info.grad_norm) and info.grad_norm > 1e18
     assert total == pytest.approx(1.0, rel=1e-4)
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e-30])
+@pytest.mark.parametrize("aggregator", ["came", "mgda", "cagrad"])
+def test_flat_buffer_path_keeps_the_float64_fallback(scale, aggregator):
+    """Row 5 again, through the flat buffer (three tasks, two steps: the Gram matrix is a matrix
+    product over the buffer): the float32 product overflows or underflows and must be redone
+    in float64, not skipped, with the coefficients of scale 1."""
+    def run(s):
+        model = TwoHead()
+        opt = CAMEGrad(torch.optim.SGD(model.parameters(), lr=1e-30), aggregator=aggregator)
+        x, y0, y1 = _batch()
+        for _ in range(2):
+            l0, l1 = model.losses(x, y0, y1)
+            info = opt.step([l0 * s, l1 * s, (model.trunk(x) ** 2).mean() * s], task_weights=[1.0, 4.0, 0.5])
+        assert opt._layout is not None  # the flat path ran
+        return info
+
+    ref, info = run(1.0), run(scale)
+    assert not info.skipped and info.degenerate == ref.degenerate
+    np.testing.assert_allclose(info.inner_products / scale**2, ref.inner_products, rtol=1e-5)
+    np.testing.assert_allclose(info.coefficients, ref.coefficients, rtol=1e-5)
