@@ -30,7 +30,7 @@ import numpy as np
 
 from .cache import cached_array, decode_resize
 from .labeler import CHEXPERT_OBSERVATIONS, label_reports, labels_to_binary
-from .layouts import SPLITS, Problems, read_openi_reports, read_r2gen, uid_of
+from .layouts import SPLITS, Problems, entry_views, read_openi_reports, read_r2gen, uid_of
 from .paths import DataNotFoundError, data_samples_dir, resolve_root
 from .standin import STANDIN_NOTE, STANDIN_VERSION, render_standins
 from .text import Tokenizer, clean_report
@@ -183,8 +183,8 @@ def load_iu_xray(root: str | os.PathLike | None = None, images: str = "auto", im
         views = {}
         if images != "standin":
             for _, e in entries:
-                paths = [root_path / "images" / p for p in e["image_path"][:2]]
-                if len(paths) == 2 and all(p.is_file() for p in paths):
+                paths = entry_views(root_path, e)  # a one-image MIMIC-CXR entry fills both views
+                if paths is not None:
                     views[e["id"]] = paths
         source = f"an R2Gen-layout folder ({root_path.name})"
     if images == "real" or (images == "auto" and not is_samples):

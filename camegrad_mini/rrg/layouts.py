@@ -5,6 +5,11 @@ Layout 1, **R2Gen** (zhjohnchan/R2Gen; the split most papers use: 2,069 / 296 / 
     annotation.json        {"train"|"val"|"test": [{id, report, image_path: [<id>/0.png, <id>/1.png], split}]}
     images/<id>/0.png, images/<id>/1.png
 
+The same reader takes **MIMIC-CXR in R2Gen's layout** (``annotation.json`` entries with
+``study_id``, ``subject_id`` and ``image_path: ["p10/p10000032/s50414267/<dicom id>.jpg"]``,
+images below ``images/`` as MIMIC-CXR-JPG's ``files/`` holds them): :func:`entry_views`,
+:func:`check_mimic_cxr_root`. It is credentialed data and never shipped.
+
 Layout 2, **raw Open-i** (openi.nlm.nih.gov, the official archives)::
 
     NLMCXR_reports.tgz     ecgen-radiology/<uid>.xml: FINDINGS, IMPRESSION, MeSH, parentImage ids
@@ -54,7 +59,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .paths import DOWNLOAD_CMD, DataError, DataNotFoundError, data_samples_dir
+from .paths import DOWNLOAD_CMD, MIMIC_SETUP, DataError, DataNotFoundError, data_samples_dir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SPLITS = ("train", "val", "test")
@@ -308,6 +313,52 @@ def read_r2gen(root: str | os.PathLike, problems: Problems | None = None,
             keep.append(e)
         out[split] = keep
     return out
+
+
+# MIMIC-CXR in R2Gen's layout (credentialed, never shipped): annotation.json entries
+# {id, study_id, subject_id, report, image_path: ["p10/p10000032/s50414267/<dicom id>.jpg"], split},
+# images below images/ exactly as MIMIC-CXR-JPG's files/ folder holds them
+MIMIC_IMAGE_PATH = re.compile(r"^p\d{2}/p\d+/s\d+/[^/]+\.(jpe?g|png)$", re.IGNORECASE)
+
+
+def is_mimic_entry(e: dict) -> bool:
+    """Whether an annotation entry is MIMIC-CXR's: subject and study ids, or every image path of
+    the form ``pXX/pXXXXXXXX/sXXXXXXXX/<file>.jpg``."""
+    paths = e.get("image_path")
+    if "subject_id" in e and "study_id" in e:
+        return True
+    return isinstance(paths, list) and bool(paths) and all(isinstance(q, str) and MIMIC_IMAGE_PATH.match(q)
+                                                           for q in paths)
+
+
+def entry_views(root: str | os.PathLike, e: dict) -> list[Path] | None:
+    """The two view files of an R2Gen annotation entry (below ``root/images``), or None when one
+    is missing. An IU X-Ray study needs two images. A MIMIC-CXR entry of R2Gen's annotation is
+    one image (R2Gen's MIMIC reader is single-image): it then fills both views."""
+    names = list(e["image_path"][:2])
+    if len(names) == 1 and is_mimic_entry(e):
+        names = names * 2
+    paths = [Path(root) / "images" / n for n in names]
+    return paths if len(paths) == 2 and all(q.is_file() for q in paths) else None
+
+
+def check_mimic_cxr_root(root: str | os.PathLike | None) -> Path:
+    """A MIMIC-CXR folder in R2Gen's layout (``annotation.json`` and ``images/``), or an error
+    that says how a credentialed reader makes one."""
+    if root is None:
+        raise DataNotFoundError(f"MIMIC-CXR is not shipped (credentialed data): pass its folder. {MIMIC_SETUP}")
+    root = Path(root).expanduser()
+    missing = [n for n in ("annotation.json", "images") if not (root / n).exists()]
+    if missing:
+        raise DataNotFoundError(f"{root} has no {' and no '.join(missing)}, so it is not a MIMIC-CXR folder in "
+                                f"R2Gen's layout. {MIMIC_SETUP}")
+    ann = _read_annotation(root / "annotation.json")
+    entries = [e for split in SPLITS for e in ann.get(split, [])[:20] if isinstance(e, dict)]
+    if not entries or not all(is_mimic_entry(e) for e in entries):
+        raise DataError(f"{root / 'annotation.json'} does not look like R2Gen's MIMIC-CXR annotation (its entries "
+                        f"need subject_id and study_id, or image paths like p10/p10000032/s50414267/<id>.jpg); "
+                        f"for IU X-Ray drop --dataset mimic_cxr")
+    return root
 
 
 def is_readable_png(data: bytes) -> bool:

@@ -27,6 +27,12 @@ DOWNLOAD_CMD = "python -m camegrad_mini.rrg.download --out data/iu_xray_raw"
 PREPARE_CMD = ("python -m camegrad_mini.rrg.prepare --layout openi --src data/iu_xray_raw "
                "--out data/iu_xray")
 
+# MIMIC-CXR (credentialed, PhysioNet): what a reader with access does to train on it
+MIMIC_SETUP = ("With PhysioNet access, download MIMIC-CXR-JPG 2.0.0 (its files/ folder) and R2Gen's MIMIC-CXR "
+               "annotation.json, put annotation.json in a folder with images/ pointing at files/ "
+               "(`ln -s /path/to/mimic-cxr-jpg/2.0.0/files DIR/images`), and pass "
+               "`--dataset mimic_cxr --data-root DIR`.")
+
 
 class DataNotFoundError(FileNotFoundError):
     """A data folder or file is missing; the message names the command that creates it."""
