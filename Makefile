@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test lab refresh screenshot bench clean setup
+.PHONY: book test test-min lab refresh screenshot bench clean setup
 
 setup: $(STAMP)
 
@@ -26,6 +26,11 @@ book: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest
+
+# The minimum versions pyproject.toml declares, pinned in requirements-min.txt, in a second venv
+# (.venv-min): unit tests plus every chapter executed (outputs not compared). Needs PyPI on first use.
+test-min:
+	PYTHON=$(PYTHON) bash tools/min_versions.sh
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab chapters/

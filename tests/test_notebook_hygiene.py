@@ -76,8 +76,15 @@ class TestChapter:
 
     def test_first_cell_is_the_colab_install(self, path):
         nb = json.loads(path.read_text(encoding="utf-8"))
-        first = "".join(_code_cells(nb)[0]["source"])
+        cell = _code_cells(nb)[0]
+        first = "".join(cell["source"])
         assert first == colab_cell_source()
+        # The one repository (_config.yml) and the package's own version, as the generator promises.
+        import camegrad_mini
+        from chapter_cells import repository_url
+
+        assert f'REPO, VERSION = "{repository_url()}", "{camegrad_mini.__version__}"' in first
+        assert cell["outputs"] == [], "outside Colab the install cell must print nothing (strict nbval)"
 
     def test_ignored_outputs_say_why(self, path):
         nb = json.loads(path.read_text(encoding="utf-8"))
@@ -121,3 +128,102 @@ def test_package_names_the_same_repository_as_the_book():
     from chapter_cells import repository_url
 
     assert paths.REPOSITORY_URL.rstrip("/") == repository_url()
+
+
+# The Colab install cell itself, executed as Colab would run it: with `google.colab` imported and
+# pip replaced by a stand-in (or, once, by a real pip that fails). The code is read from each
+# chapter, so these tests check the cells readers run, not a copy.
+
+def _colab_cell(path: Path) -> str:
+    nb = json.loads(path.read_text(encoding="utf-8"))
+    return "".join(_code_cells(nb)[0]["source"])
+
+
+def _run_cell(source: str, monkeypatch, *, in_colab=True, pip=None) -> list:
+    """Execute the cell; `pip(args)` stands in for subprocess.run. Returns the pip calls."""
+    import subprocess
+    import types
+
+    calls = []
+
+    def fake_run(args, **kwargs):
+        calls.append(list(args))
+        assert kwargs.get("capture_output") and kwargs.get("text"), "pip's words must reach the message"
+        return pip(args)
+
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    if in_colab:
+        monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    else:
+        monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    exec(compile(source, "<colab cell>", "exec"), {"__name__": "__main__"})
+    return calls
+
+
+def _completed(code, out="", err=""):
+    import subprocess
+
+    return lambda args: subprocess.CompletedProcess(args, code, out, err)
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+class TestColabInstallCell:
+    def test_outside_colab_it_does_nothing(self, path, monkeypatch, capsys):
+        calls = _run_cell(_colab_cell(path), monkeypatch, in_colab=False, pip=_completed(0))
+        assert calls == []
+        assert capsys.readouterr() == ("", "")
+
+    def test_in_colab_a_good_install_is_quiet(self, path, monkeypatch, capsys):
+        from chapter_cells import repository_url
+        import camegrad_mini
+
+        calls = _run_cell(_colab_cell(path), monkeypatch, pip=_completed(0))
+        spec = f"camegrad_mini @ git+{repository_url()}@v{camegrad_mini.__version__}"
+        assert calls == [[sys.executable, "-m", "pip", "install", "-q", spec]]
+        assert capsys.readouterr() == ("", "")
+
+    def test_a_failed_pip_stops_the_notebook_with_what_to_do(self, path, monkeypatch):
+        from chapter_cells import repository_url
+
+        err = "ERROR: Could not resolve host: github.com"
+        with pytest.raises(RuntimeError) as info:
+            _run_cell(_colab_cell(path), monkeypatch, pip=_completed(1, err=err))
+        msg = str(info.value)
+        url = repository_url()
+        assert "Could not install camegrad_mini" in msg and "pip exit code 1" in msg
+        assert err in msg, "pip's own error must be shown"
+        assert f"git clone {url}\n" in msg
+        assert f"cd {url.rsplit('/', 1)[-1]}\n" in msg
+        assert "pip install -e ." in msg and "jupyter lab chapters/" in msg and "Restart session" in msg
+
+    def test_a_wrong_version_that_imports_also_stops(self, path, monkeypatch):
+        import camegrad_mini
+
+        monkeypatch.setattr(camegrad_mini, "__version__", "0.0.0-stale")
+        with pytest.raises(RuntimeError, match="version that imports: 0.0.0-stale"):
+            _run_cell(_colab_cell(path), monkeypatch, pip=_completed(0))
+
+    def test_a_package_that_does_not_import_also_stops(self, path, monkeypatch):
+        monkeypatch.setitem(sys.modules, "camegrad_mini", None)  # `import camegrad_mini` raises ImportError
+        with pytest.raises(RuntimeError, match=r"version that imports: none \("):
+            _run_cell(_colab_cell(path), monkeypatch, pip=_completed(0))
+
+
+def test_colab_cell_with_a_real_failing_pip(monkeypatch, tmp_path):
+    """The cell's own pip command, run for real, with only the requirement pointed at a folder
+    that does not exist: pip exits non-zero and its message reaches the reader."""
+    import subprocess
+
+    real_run = subprocess.run
+    missing = tmp_path / "no_such_checkout"
+
+    def pip(args):
+        assert args[-1].startswith("camegrad_mini @ git+")
+        return real_run(args[:-1] + [f"camegrad_mini @ file://{missing}"], capture_output=True, text=True,
+                        timeout=120)
+
+    with pytest.raises(RuntimeError) as info:
+        _run_cell(_colab_cell(CHAPTERS[0]), monkeypatch, pip=pip)
+    msg = str(info.value)
+    assert "pip exit code 0" not in msg
+    assert "no_such_checkout" in msg, msg[:1500]

@@ -135,3 +135,10 @@ def test_sample_manifest_matches_shipped_files_and_fetch_from_mirror(tmp_path, m
     where = dl.fetch_samples(base_url=SAMPLES.as_uri(), progress=False)
     assert (where / "annotation.json").read_bytes() == (SAMPLES / "annotation.json").read_bytes()
     assert where == tmp_path / "cache" / "data_samples" / "iu_xray"
+
+
+def test_missing_file_in_a_file_mirror_names_the_url(tmp_path):
+    url = (tmp_path / "NLMCXR_png.tgz").as_uri()
+    with pytest.raises(dl.DownloadError, match=r"NLMCXR_png.tgz not found at file://.*check --base-url") as e:
+        dl.download_file(url, tmp_path / "out" / "x.tgz", progress=False)
+    assert "offline" not in str(e.value)

@@ -25,9 +25,36 @@ def package_version() -> str:
 
 
 def colab_cell_source() -> str:
+    """The first code cell of every chapter. Outside Colab it prints nothing and does nothing (strict
+    nbval compares its empty output). In Colab it installs the package with pip and checks that
+    the right version imports; when either fails it raises, which stops "Run all" at this cell
+    with pip's own words and what to do instead (a clone and an editable install)."""
     return (
         "# In Colab only: install the companion package at the version this chapter was written for.\n"
+        "# If that fails, this cell stops the notebook and says what to do. Elsewhere it does nothing.\n"
         "import sys\n"
         'if "google.colab" in sys.modules:\n'
-        f'    %pip install -q "camegrad_mini @ git+{repository_url()}@v{package_version()}"'
+        "    import importlib, subprocess\n"
+        f'    REPO, VERSION = "{repository_url()}", "{package_version()}"\n'
+        '    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q",\n'
+        '                          f"camegrad_mini @ git+{REPO}@v{VERSION}"], capture_output=True, text=True)\n'
+        "    importlib.invalidate_caches()\n"
+        "    try:\n"
+        "        import camegrad_mini\n"
+        "        installed = camegrad_mini.__version__\n"
+        "    except ImportError as e:\n"
+        '        installed = f"none ({e})"\n'
+        "    if pip.returncode != 0 or installed != VERSION:\n"
+        "        raise RuntimeError(\n"
+        '            f"Could not install camegrad_mini {VERSION} from {REPO} (pip exit code {pip.returncode}, "\n'
+        '            f"version that imports: {installed}). This chapter needs it, so it stops here.\\n"\n'
+        '            f"pip said:\\n{(pip.stdout + pip.stderr).strip()[-3000:]}\\n\\n"\n'
+        '            "What to do: check that this runtime is online and run this cell again; if camegrad_mini "\n'
+        '            "was imported before, use Runtime > Restart session, then Run all. Or run the chapter "\n'
+        '            "on your own machine, from a clone of the repository:\\n"\n'
+        '            f"    git clone {REPO}\\n"\n'
+        "            f\"    cd {REPO.rsplit('/', 1)[-1]}\\n\"\n"
+        '            "    pip install -e . jupyterlab\\n"\n'
+        '            "    jupyter lab chapters/\\n"\n'
+        '            "and open this chapter there (`make lab` does the same with the book\'s exact versions).")'
     )

@@ -50,6 +50,9 @@ Module layout (one obvious place per idea):
 - ``mesh``      the manual Open-i MeSH terms mapped to the 14 observations (to measure the labeler).
 - ``metrics``   BLEU-1..4, METEOR, ROUGE-L, CIDEr (pycocoevalcap) and clinical efficacy.
 - ``dataset``   ``load_iu_xray`` and the ``IUXRay`` / ``Split`` containers.
+- ``pipeline``  chapter 6's switch: ``run_chapter6(images="phantom"|"real")`` downloads, prepares,
+                caches, trains and scores into a persistent folder (``default_output_dir()``),
+                resuming what an earlier call left.
 
 Only numpy is needed for the stand-in path (a GPU machine with torch, numpy and matplotlib
 can load the data); Pillow is imported only to decode real PNGs, tqdm only to show progress,
@@ -75,6 +78,8 @@ __all__ = [
     "UNCERTAIN",
     "render_standins",
     "data_samples_dir",
+    "run_chapter6",
+    "default_output_dir",
 ]
 
 # name -> module that defines it; imported on first use so that `import camegrad_mini.rrg`
@@ -94,6 +99,8 @@ _LAZY = {
     "UNCERTAIN": "labeler",
     "render_standins": "standin",
     "data_samples_dir": "paths",
+    "run_chapter6": "pipeline",
+    "default_output_dir": "pipeline",
 }
 
 

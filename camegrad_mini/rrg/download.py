@@ -29,6 +29,7 @@ import hashlib
 import http.client
 import json
 import os
+import socket
 import ssl
 import sys
 import tarfile
@@ -171,7 +172,7 @@ def _open(url: str, offset: int, timeout: float):
     if parsed.scheme == "file":
         path = Path(url2pathname(parsed.path))
         if not path.is_file():
-            raise DownloadError(f"{url}: no such file in the mirror")
+            raise DownloadError(f"{path.name} not found at {url} (no such file in the mirror); check --base-url")
         try:
             f = path.open("rb")
         except OSError as e:
@@ -204,12 +205,24 @@ def _open_error(url: str, e: Exception, timeout: float) -> str:
     if isinstance(reason, ssl.SSLError):
         return f"no secure connection to {host} ({reason}); check the system's certificates and proxy settings"
     if isinstance(e, urllib.error.URLError) and isinstance(reason, OSError):  # DNS, refused, connect timeout
-        return (f"cannot reach {host} ({reason}). Are you offline? This needs internet access to {host}")
+        return _unreachable(host, url, reason)
     if isinstance(reason, TimeoutError):
         return f"{host} did not answer within {timeout:g} s ({url}); try again later"
     if isinstance(e, urllib.error.URLError):
         return f"could not open {url} ({reason})"
     return f"the connection to {host} broke before {url} started ({type(e).__name__}: {e}); try again"
+
+
+def _unreachable(host: str, url: str, reason: OSError) -> str:
+    """The host never answered: the one case where being offline is the likely cause."""
+    if isinstance(reason, socket.gaierror):
+        why = f"the name {urlparse(url).hostname} does not resolve ({reason.strerror or reason})"
+    elif isinstance(reason, ConnectionRefusedError):
+        why = "connection refused: nothing answers at that address"
+    else:
+        why = str(reason)
+    return (f"cannot reach {host} to fetch {url}: {why}. Are you offline? This needs internet access to {host} "
+            "(or a --base-url that answers)")
 
 
 def _refuse(dest: Path, why: str) -> DownloadError:

@@ -41,8 +41,8 @@ import numpy as np
 from camegrad_mini.rrg.runfiles import FolderInUse, atomic_write_text, folder_lock, holder, in_use_message
 from camegrad_mini.stats import paired_difference
 
-__all__ = ["bench", "run_grid", "collect", "aggregate", "posthoc", "export", "load_results", "results_dir", "format_table",
-           "run_name", "HEADLINE_METRICS", "main"]
+__all__ = ["bench", "run_grid", "run_pairs", "collect", "aggregate", "posthoc", "export", "load_results", "results_dir",
+           "format_table", "run_name", "HEADLINE_METRICS", "main"]
 
 # metric names as camegrad_mini.rrg.metrics returns them, prefixed with "test_"
 HEADLINE_METRICS = ["test_f1_macro", "test_precision_macro", "test_recall_macro", "test_f1_macro_13", "test_f1_example",
@@ -70,17 +70,26 @@ def run_grid(config: str, methods: Sequence[str], seeds: Sequence[int], out_root
     most ``jobs`` at a time, each with its log in ``<run>/train.log`` (what the GPU script does:
     small models leave a big GPU idle, so several processes share it).
     """
+    return run_pairs(config, [(m, s) for m in methods for s in seeds], out_root, overrides, jobs, dataset, resume,
+                     max_train_seconds)
+
+
+def run_pairs(config: str, pairs: Sequence[tuple[str, int]], out_root: str | Path,
+              overrides: dict[str, Any] | None = None, jobs: int = 1, dataset: Any | None = None,
+              resume: bool = True, max_train_seconds: float | None = None) -> list[dict[str, Any]]:
+    """:func:`run_grid` for an explicit list of ``(method, seed)`` pairs (e.g. the runs of a grid
+    that are not finished yet, :mod:`camegrad_mini.rrg.pipeline`); summaries in the pairs' order."""
     from camegrad_mini.rrg import train as T
 
     overrides = dict(overrides or {})
     if max_train_seconds is not None:
         overrides["max_train_seconds"] = max_train_seconds
-    for m in methods:
+    pairs = [(str(m), int(s)) for m, s in pairs]
+    for m, _ in pairs:
         if m not in T.METHODS:
             raise ValueError(f"method {m!r} is not one of {sorted(T.METHODS)}")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}")
-    pairs = [(m, s) for m in methods for s in seeds]
     if not pairs:
         raise ValueError("no runs: give at least one method and one seed")
     # the same (method, seed) twice would train twice into one folder; deduplicating would hide
@@ -139,7 +148,7 @@ def _run_pairs(T: Any, config: str, pairs: list[tuple[str, int]], root: Path, ov
                    "--out", str(d), "--no-progress", "--overrides", json.dumps(overrides)]
             if not resume:
                 cmd.append("--no-resume")
-            log = open(d / "train.log", "w")
+            log = open(d / "train.log", "a" if resume else "w")  # a resumed run keeps its earlier log
             running.append(((m, s), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         time.sleep(0.5)
         for item in list(running):
@@ -196,8 +205,10 @@ def _expected_generations(run: Path) -> int | None:
     return n if isinstance(n, int) else None
 
 
-def posthoc(root: str | Path, text: bool = True, meteor: bool = True) -> list[dict[str, Any]]:
-    """Score every run under ``root`` from its ``generations_test.jsonl``; write ``metrics_test.json``.
+def posthoc(root: str | Path, text: bool = True, meteor: bool = True,
+            runs: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Score every run under ``root`` (or only the run folders named in ``runs``) from its
+    ``generations_test.jsonl``; write ``metrics_test.json``.
 
     Clinical efficacy uses the rule labeler on both sides (pure Python). Text metrics need
     pycocoevalcap (and Java for METEOR); if it is missing they are skipped with a note in the file.
@@ -205,7 +216,8 @@ def posthoc(root: str | Path, text: bool = True, meteor: bool = True) -> list[di
     from camegrad_mini.rrg.metrics import classifier_auroc, clinical_efficacy, text_diversity
 
     out = []
-    runs = sorted(p.parent for p in Path(root).glob("*/generations_test.jsonl"))
+    only = None if runs is None else set(runs)
+    runs = sorted(p.parent for p in Path(root).glob("*/generations_test.jsonl") if only is None or p.parent.name in only)
     # read (and check) every file before scoring any: one damaged run stops the command, not half of it
     all_gens = [_read_generations(run / "generations_test.jsonl", _expected_generations(run)) for run in runs]
     for run, gens in zip(runs, all_gens):
@@ -317,14 +329,17 @@ def always_normal(root: str | Path, text: bool = False, meteor: bool = False) ->
     return floor
 
 
-def export(root: str | Path, dest: str | Path, meta: dict[str, Any] | None = None) -> Path:
-    """Copy the small result files of every run to ``dest`` and write ``dest/results.json``."""
+def export(root: str | Path, dest: str | Path, meta: dict[str, Any] | None = None,
+           runs: Sequence[str] | None = None) -> Path:
+    """Copy the small result files of every run (or of the run folders named in ``runs``) to
+    ``dest`` and write ``dest/results.json``."""
     root, dest = Path(root), Path(dest)
     src, dst = root.resolve(), dest.resolve()
     if dst == src or src in dst.parents:
         where = "is the source folder" if dst == src else "lies inside the source folder"
         raise ValueError(f"export destination {dest} {where} {root}; choose a folder outside it (nothing was written)")
-    runs = sorted(p.parent for p in root.glob("*/summary.json"))
+    only = None if runs is None else set(runs)
+    runs = sorted(p.parent for p in root.glob("*/summary.json") if only is None or p.parent.name in only)
     if not runs:
         raise FileNotFoundError(f"no runs under {root} (no {root}/*/summary.json); check the folder "
                                 "(`experiment run` writes it)")

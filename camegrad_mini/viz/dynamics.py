@@ -177,7 +177,8 @@ def plot_double_well(problem, temperature: float | None = None, states: np.ndarr
     if temperature is not None:
         ax2 = ax.twinx()
         dens = np.exp(-(problem.loss(xs) - problem.loss(xs).min()) / temperature)
-        dens /= np.trapezoid(dens, xs)  # normalized on the plotted range
+        # normalized on the plotted range; np.trapezoid is numpy >= 2, np.trapz its numpy 1 name
+        dens /= (getattr(np, "trapezoid", None) or np.trapz)(dens, xs)
         if states is not None:
             ax2.hist(np.ravel(states), bins=np.linspace(*xlim, 90), density=True, color=SGD_COLOR,
                      alpha=0.35, label="SGD chains (final states)")

@@ -198,3 +198,35 @@ def test_http_500_is_not_reported_as_offline(tmp_path, capsys):
     line = _one_error_line(err)
     assert rc == 1 and "offline" not in line
     assert "server error" in line and "HTTP 500" in line and base + PNG in line
+
+
+def test_refused_port_is_reported_as_unreachable_without_an_http_status(tmp_path, capsys):
+    """Only a host that cannot be reached is 'offline': nothing listens on port 9 of 127.0.0.1."""
+    rc, _, err = _run(capsys, tmp_path / "raw", "http://127.0.0.1:9/")
+    line = _one_error_line(err)
+    assert rc == 1 and "connection refused" in line and "offline" in line and "HTTP" not in line
+    assert "http://127.0.0.1:9/" + PNG in line and not (tmp_path / "raw" / PNG).exists()
+
+
+def test_unresolvable_host_is_reported_as_offline(tmp_path, capsys, monkeypatch):
+    """A DNS failure (simulated: no network here) names the host that does not resolve."""
+    import socket
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    rc, _, err = _run(capsys, tmp_path / "raw", "https://openi.example.invalid/imgs/")
+    line = _one_error_line(err)
+    assert rc == 1 and "openi.example.invalid does not resolve" in line and "offline" in line
+
+
+def test_http_error_after_a_partial_download_keeps_the_part(tmp_path, capsys):
+    """A 503 while resuming says so and keeps the bytes already received for the next run."""
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / (PNG + ".part")).write_bytes(b"x" * 1000)
+    with _serve(_status(503)) as base:
+        rc, _, err = _run(capsys, tmp_path / "raw", base)
+    line = _one_error_line(err)
+    assert rc == 1 and "HTTP 503" in line and "offline" not in line and "next run resumes it" in line
+    assert (tmp_path / "raw" / (PNG + ".part")).stat().st_size == 1000
