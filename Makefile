@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: book test test-min lab refresh screenshot bench clean setup
+.PHONY: assets book test test-min lab refresh screenshot bench clean setup
 
 setup: $(STAMP)
 
@@ -21,8 +21,14 @@ $(STAMP): requirements.txt pyproject.toml
 	  echo "note: no Java found; METEOR will be skipped (the other metrics still run)"
 	@touch $(STAMP)
 
-book: $(STAMP)
+# The site carries its own MathJax, require.js, widget manager and icon font (works offline):
+# `assets` fetches them once from the npm registry into .cache/site-assets (git-ignored).
+assets: $(STAMP)
+	$(BIN)/python tools/vendor_assets.py fetch
+
+book: assets
 	$(BIN)/jupyter-book build . -W -n --keep-going
+	$(BIN)/python tools/vendor_assets.py finalize _build/html
 
 test: $(STAMP)
 	$(BIN)/pytest

@@ -85,6 +85,9 @@ class TestChapter:
 
         assert f'REPO, VERSION = "{repository_url()}", "{camegrad_mini.__version__}"' in first
         assert cell["outputs"] == [], "outside Colab the install cell must print nothing (strict nbval)"
+        # first in the notebook (Colab), but not above the chapter's title on the site
+        assert "remove-cell" in cell["metadata"].get("tags", []), "tag the install cell remove-cell"
+        assert nb["cells"][0] is cell
 
     def test_ignored_outputs_say_why(self, path):
         nb = json.loads(path.read_text(encoding="utf-8"))

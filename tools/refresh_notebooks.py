@@ -15,6 +15,9 @@ from pathlib import Path
 import nbformat
 from nbclient import NotebookClient
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from canonical_outputs import canonicalize  # noqa: E402  (tools/ is not a package)
+
 
 def refresh(path: Path, timeout: int = 600) -> float:
     nb = nbformat.read(path, as_version=4)
@@ -31,6 +34,7 @@ def refresh(path: Path, timeout: int = 600) -> float:
     client.execute()
     elapsed = time.perf_counter() - start
     nb.metadata["kernelspec"] = {"display_name": "Python 3", "language": "python", "name": "python3"}
+    canonicalize(nb, path.stem)  # random ids and stream fragments: an unchanged chapter gives no diff
     nbformat.write(nb, path)
     return elapsed
 

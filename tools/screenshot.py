@@ -1,88 +1,156 @@
-"""Open the built site in headless Chromium the way a reader sees it, check it, and screenshot it.
+"""Open the built site in headless Chromium, offline, the way a workshop room without internet sees it.
 
 Usage: python tools/screenshot.py [--site _build/html] [--out _build/screenshots]
 
-The site loads MathJax and the ipywidgets manager from public CDNs. This machine (and CI) has no
-route to those CDNs, so the script fetches the same versions from the npm registry (`npm pack`,
-cached in .cache/site-vendor), serves a copy of the site on 127.0.0.1 with the CDN addresses
-pointed at those files, and opens every chapter in Debian's Chromium. For each chapter it checks
-that MathJax typeset the math (mjx-container elements), that figures are present, and that the
-Colab launch button is on the page, then saves a PNG. It exits non-zero if a check fails.
+The site carries its own MathJax, require.js, widget manager and icon font (tools/vendor_assets.py,
+run by `make book`). This script serves _build/html as built on 127.0.0.1 and opens every chapter
+in Debian's Chromium with every other host blocked (--host-resolver-rules), so a page that still
+needed a CDN fails here. A small probe script, added to the served copy of each chapter only when
+the check asks for it, reports after the page has settled; per chapter the check asserts:
+  * math: MathJax typeset it (mjx-container elements, no merror) and no raw TeX delimiters
+    (\\( \\[ $$ $...$) are left in the text outside code;
+  * widgets: every stored widget view (application/vnd.jupyter.widget-view+json) was rendered;
+  * animations (matplotlib to_jshtml): the FontAwesome icon font loaded and every control button
+    shows its icon, and clicking "Next frame" changes the frame;
+  * no script, stylesheet, image or frame on the page points at another host; figures are present
+    and the Colab launch button is on the page.
+Then it saves a PNG per chapter. It exits non-zero if a check fails.
 """
 from __future__ import annotations
 
 import argparse
 import functools
 import http.server
+import json
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 import threading
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-VENDOR = ROOT / ".cache" / "site-vendor"
-# npm package -> folder name under _vendor; versions match what the built pages request.
-PACKAGES = {
-    "mathjax@3.2.2": "mathjax",
-    "@jupyter-widgets/html-manager@1.0.6": "html-manager",
-    "requirejs@2.3.7": "requirejs",
-}
-REWRITES = [
-    (re.compile(r"https://cdn\.jsdelivr\.net/npm/mathjax@3/"), "/_vendor/mathjax/"),
-    (re.compile(r"https://cdnjs\.cloudflare\.com/ajax/libs/require\.js/[0-9.]+/require(\.min)?\.js"),
-     "/_vendor/requirejs/require.js"),
-    (re.compile(r"https://cdn\.jsdelivr\.net/npm/@jupyter-widgets/html-manager@[^/]+/"), "/_vendor/html-manager/"),
-]
 CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--hide-scrollbars", "--virtual-time-budget=15000",
+    "--hide-scrollbars", "--virtual-time-budget=20000",
+    # Offline: no name resolves except the local server's, so any CDN request fails at once.
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
-
-
-def vendor() -> Path:
-    """Fetch the pinned front-end packages once (npm registry) and unpack them."""
-    for spec, name in PACKAGES.items():
-        dest = VENDOR / name
-        if dest.exists():
-            continue
-        if not shutil.which("npm"):
-            sys.exit("npm is needed to fetch MathJax and the widget manager for the offline check")
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run(["npm", "pack", "--silent", spec], cwd=tmp, check=True, capture_output=True)
-            (tgz,) = Path(tmp).glob("*.tgz")
-            with tarfile.open(tgz) as tf:
-                tf.extractall(tmp, filter="data")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(Path(tmp) / "package"), dest)
-    return VENDOR
-
-
-def prepare_site(site: Path, workdir: Path) -> Path:
-    copy = workdir / "html"
-    shutil.copytree(site, copy)
-    shutil.copytree(vendor(), copy / "_vendor")
-    for page in copy.rglob("*.html"):
-        text = page.read_text(encoding="utf-8")
-        for pattern, local in REWRITES:
-            text = pattern.sub(local, text)
-        # Subresource-integrity hashes name the CDN's exact bytes (e.g. a minified require.js);
-        # the local copies differ byte-wise, so drop the hashes on the rewritten tags.
-        text = re.sub(r'integrity="[^"]*"(?=[^>]*src="/_vendor/)', "", text)
-        page.write_text(text, encoding="utf-8")
-    return copy
+PROBE_QUERY = "offline-probe"
+PROBE_JS = r"""
+(function () {
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const local = (u) => !u || /^(data:|blob:|about:|javascript:)/.test(u) ||
+      new URL(u, location.href).host === location.host;
+  function rawTex() {
+    const bad = [];
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    const skip = "pre,code,script,style,textarea,mjx-container,.highlight,.cell_input,#offline-probe";
+    const re = /\\\(|\\\[|\$\$|(^|[^\\$\w])\$[^$\s](?:[^$\n]*?[^\\$\s])?\$(?![\w$])/;
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      const el = n.parentElement;
+      if (!el || el.closest(skip) || !re.test(n.data)) continue;
+      bad.push(n.data.trim().slice(0, 80));
+    }
+    return bad;
+  }
+  async function run() {
+    const r = {};
+    // 1. math
+    for (let i = 0; i < 40 && !(window.MathJax && MathJax.startup && MathJax.startup.promise); i++) await sleep(100);
+    r.mathjax = window.MathJax && MathJax.version ? MathJax.version : null;
+    if (r.mathjax) { try { await MathJax.startup.promise; } catch (e) { r.mathjax_error = String(e); } }
+    r.math = document.querySelectorAll("mjx-container").length;
+    r.merror = document.querySelectorAll("mjx-merror").length;
+    r.raw_tex = rawTex();
+    // 2. widgets: the html-manager puts a .widget-subarea before each view script
+    const views = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')];
+    const rendered = () => views.filter((v) => {
+      const sub = v.previousElementSibling;
+      return sub && sub.classList.contains("widget-subarea") &&
+             sub.querySelector(".jupyter-widgets, [class*='widget-']") && sub.getBoundingClientRect().height > 0;
+    }).length;
+    for (let i = 0; i < 40 && rendered() < views.length; i++) await sleep(100);
+    r.widget_views = views.length;
+    r.widgets_rendered = rendered();
+    // 3. animations (to_jshtml): icon font and the "Next frame" button
+    await document.fonts.ready;
+    const anims = [...document.querySelectorAll("div.animation")];
+    r.animations = anims.length;
+    // The icons are <i class="fa fa-..."> styled by font-awesome 4 (the <link> in the output); the
+    // theme's own font-awesome script may swap them for inline SVGs. Either way each button must
+    // show an icon, and the FontAwesome 4 font the stylesheet declares must load from this site.
+    r.icon_font = null;
+    if (anims.length) {
+      try { r.icon_font = (await document.fonts.load('14px FontAwesome', "\uf051")).map((f) => f.status).join(",") || "not declared"; }
+      catch (e) { r.icon_font = "error: " + e; }
+    }
+    r.anims = [];
+    for (const a of anims) {
+      const buttons = [...a.querySelectorAll(".anim-buttons button")];
+      let svg = 0, font = 0;
+      for (const b of buttons) {
+        const s = b.querySelector("svg.svg-inline--fa path[d]"), i = b.querySelector("i.fa");
+        if (s && s.getAttribute("d").length > 10 && s.closest("svg").getBoundingClientRect().width > 0) svg++;
+        else if (i) {
+          const st = getComputedStyle(i, "::before");
+          if (/FontAwesome/.test(getComputedStyle(i).fontFamily) && st.content && !/^(none|normal|"")$/.test(st.content) &&
+              document.fonts.check("14px FontAwesome", st.content.replace(/"/g, "")) && i.getBoundingClientRect().width > 0) font++;
+        }
+      }
+      const img = a.querySelector("img"), slider = a.querySelector("input.anim-slider");
+      const before = [img && img.src, slider && slider.value];
+      const next = a.querySelector('button[title="Next frame"]');
+      if (next) next.click();
+      await sleep(300);
+      const after = [img && img.src, slider && slider.value];
+      r.anims.push({buttons: buttons.length, icons_svg: svg, icons_font: font,
+                    frames: slider ? +slider.max + 1 : 0,
+                    next_changes_frame: before[0] !== after[0] && before[1] !== after[1]});
+    }
+    // 4. nothing from another host
+    const refs = [...document.querySelectorAll("script[src],link[href][rel~=stylesheet],link[href][rel~=preload],img[src],iframe[src]")]
+      .map((e) => e.getAttribute("src") || e.getAttribute("href"));
+    const tried = performance.getEntriesByType("resource").map((e) => e.name);
+    r.external = [...new Set([...refs, ...tried].filter((u) => !local(u)))];
+    r.figures = document.querySelectorAll('img[src*="_images"], img[src^="data:image"]').length;
+    r.colab = !!document.querySelector('a[href*="colab.research.google.com"]');
+    return r;
+  }
+  window.addEventListener("load", () => {
+    run().catch((e) => ({probe_error: String(e && e.stack || e)})).then((r) => {
+      const pre = document.createElement("pre");
+      pre.id = "offline-probe"; pre.style.display = "none";
+      pre.textContent = JSON.stringify(r);
+      document.body.appendChild(pre);
+    });
+  });
+})();
+"""
 
 
 def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
-    class Quiet(http.server.SimpleHTTPRequestHandler):
+    """Serve the built site unchanged; a chapter asked for with ?offline-probe gets the probe."""
+    class Handler(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *args):  # keep the check's output readable
             pass
 
-    handler = functools.partial(Quiet, directory=str(directory))
+        def do_GET(self):
+            path, _, query = self.path.partition("?")
+            if query != PROBE_QUERY or not path.endswith(".html"):
+                return super().do_GET()
+            page = Path(self.translate_path(path))
+            body = page.read_bytes().replace(
+                b"</body>", b"<script>" + PROBE_JS.encode() + b"</script></body>", 1)
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    handler = functools.partial(Handler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, server.server_address[1]
@@ -93,27 +161,54 @@ def chromium(args: list[str], profile: Path) -> subprocess.CompletedProcess:
     if exe is None:
         sys.exit("Chromium not found: install Debian's package with `apt-get install chromium`")
     return subprocess.run([exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=180)
 
 
 def check_page(url: str, png: Path, profile: Path) -> list[str]:
-    dom = chromium(["--dump-dom", url], profile).stdout
+    dom = chromium(["--dump-dom", f"{url}?{PROBE_QUERY}"], profile).stdout
+    m = re.search(r'<pre id="offline-probe"[^>]*>(.*?)</pre>', dom, re.S)
+    name = url.rsplit("/", 1)[-1]
+    if not m:
+        print(f"{name}: PROBLEMS: the probe did not report (page did not finish loading)")
+        return ["no probe result"]
+    r = json.loads(m.group(1).replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", '"')
+                   .replace("&amp;", "&"))
+    if "probe_error" in r:
+        print(f"{name}: PROBLEMS: probe error {r['probe_error']}")
+        return [r["probe_error"]]
     problems = []
-    n_math = dom.count("<mjx-container")
-    n_img = len(re.findall(r"<img[^>]+src=\"[^\"]*(_images|data:image)", dom))
-    n_anim = dom.count('class="animation"')
-    if n_math == 0:
-        problems.append("no typeset math (MathJax did not run)")
-    if n_img == 0:
+    if not r["mathjax"]:
+        problems.append("MathJax did not load")
+    if r["math"] == 0:
+        problems.append("no typeset math (mjx-container)")
+    if r["merror"]:
+        problems.append(f"{r['merror']} MathJax errors")
+    if r["raw_tex"]:
+        problems.append(f"{len(r['raw_tex'])} raw TeX left, e.g. {r['raw_tex'][0]!r}")
+    if r["widgets_rendered"] < r["widget_views"]:
+        problems.append(f"{r['widget_views'] - r['widgets_rendered']} of {r['widget_views']} widget views not rendered")
+    for i, a in enumerate(r["anims"], 1):
+        if a["icons_svg"] + a["icons_font"] < a["buttons"] or a["buttons"] == 0:
+            problems.append(f"animation {i}: {a['icons_svg'] + a['icons_font']} of {a['buttons']} buttons show an icon")
+        if not a["next_changes_frame"]:
+            problems.append(f"animation {i}: 'Next frame' did not change the frame")
+    if r["animations"] and r["icon_font"] != "loaded":
+        problems.append(f"FontAwesome 4 icon font did not load ({r['icon_font']})")
+    if r["external"]:
+        problems.append(f"loads from other hosts: {', '.join(r['external'][:4])}")
+    if r["figures"] == 0:
         problems.append("no figures")
-    n_widget_views = dom.count("application/vnd.jupyter.widget-view+json")
-    if n_widget_views and dom.count("widget-slider") + dom.count("widget-dropdown") == 0:
-        problems.append(f"{n_widget_views} widget views but no widget rendered")
-    if "colab.research.google.com" not in dom:
+    if not r["colab"]:
         problems.append("no Colab launch button")
     chromium(["--window-size=1280,2400", f"--screenshot={png}", url], profile)
-    print(f"{url.rsplit('/', 1)[-1]}: {n_math} math elements, {n_img} figures, {n_anim} animations"
-          + (f"  PROBLEMS: {'; '.join(problems)}" if problems else "  ok"))
+    anims = "; ".join(f"{a['frames']} frames, icons {a['icons_svg'] + a['icons_font']}/{a['buttons']} "
+                      f"(svg {a['icons_svg']}, font {a['icons_font']}), next-frame "
+                      f"{'ok' if a['next_changes_frame'] else 'BROKEN'}" for a in r["anims"])
+    print(f"{name}: MathJax {r['mathjax']}, {r['math']} math elements, raw TeX {len(r['raw_tex'])}; "
+          f"widgets {r['widgets_rendered']}/{r['widget_views']}; {r['animations']} animations"
+          f"{' (' + anims + ')' if anims else ''}; icon font {r['icon_font'] or '-'}; "
+          f"{r['figures']} figures; external {len(r['external'])}"
+          + (f"\n    PROBLEMS: {'; '.join(problems)}" if problems else "  ok"))
     return problems
 
 
@@ -126,8 +221,9 @@ def main() -> int:
         sys.exit(f"{args.site} has no index.html: build the book first with `make book`")
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
+    print("offline check: every host but 127.0.0.1 is blocked")
     with tempfile.TemporaryDirectory() as tmp:
-        site = prepare_site(args.site, Path(tmp))
+        site = args.site.resolve()
         server, port = serve(site)
         try:
             for page in sorted((site / "chapters").glob("*.html")):
