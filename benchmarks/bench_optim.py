@@ -253,18 +253,21 @@ class SweepRunner:
         return time.perf_counter() - t0
 
 
-def sweep_memory_child(tasks: int, steps: int = 3) -> None:
-    """Fresh process: the high-water-mark growth of a few steps of each sweep variant (as
-    :func:`memory_child`)."""
+def _print_high_water_marks(variants, make, steps: int) -> None:
+    """Print, as JSON, each variant's high-water-mark growth (MiB) over ``steps`` steps in this process.
+
+    One warm-up step of every variant first (one-time lazy initialisation must not count for the
+    first variant); the high-water mark is reset (``/proc/self/clear_refs``) before each variant.
+    """
     import gc
 
     torch.set_num_threads(1)
-    for variant in SWEEP_VARIANTS:
-        SweepRunner(variant, tasks, torch.device("cpu"), torch.float32).run()
+    for variant in variants:
+        make(variant).run()
     gc.collect()
     out = {}
-    for variant in SWEEP_VARIANTS:
-        runner = SweepRunner(variant, tasks, torch.device("cpu"), torch.float32)
+    for variant in variants:
+        runner = make(variant)
         gc.collect()
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
@@ -275,6 +278,13 @@ def sweep_memory_child(tasks: int, steps: int = 3) -> None:
         del runner
         gc.collect()
     print(json.dumps(out))
+
+
+def sweep_memory_child(tasks: int, steps: int = 3) -> None:
+    """Fresh process: the high-water-mark growth of a few steps of each sweep variant (as
+    :func:`memory_child`)."""
+    _print_high_water_marks(SWEEP_VARIANTS, lambda v: SweepRunner(v, tasks, torch.device("cpu"), torch.float32),
+                            steps)
 
 
 def bench_sweep(tasks_list: list[int], device: torch.device, dtype: torch.dtype, rounds: int,
@@ -342,25 +352,8 @@ def memory_child(model_name: str, base: str = "sgd", steps: int = 4) -> None:
     returned to the system when freed, and the high-water mark is reset (``/proc/self/clear_refs``)
     before each variant: every variant starts from the same resident size.
     """
-    import gc
-
-    torch.set_num_threads(1)
-    for variant in VARIANTS:  # warm-up: one-time lazy initialisation must not count for the first variant
-        Runner(variant, model_name, torch.device("cpu"), torch.float32, base).run()
-    gc.collect()
-    out = {}
-    for variant in VARIANTS:
-        runner = Runner(variant, model_name, torch.device("cpu"), torch.float32, base)
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-        before = _vm("VmRSS")
-        for _ in range(steps):
-            runner.run()
-        out[variant] = _vm("VmHWM") - before
-        del runner
-        gc.collect()
-    print(json.dumps(out))
+    _print_high_water_marks(VARIANTS, lambda v: Runner(v, model_name, torch.device("cpu"), torch.float32, base),
+                            steps)
 
 
 def measure_memory(model_name: str, device: torch.device, dtype: torch.dtype, base: str) -> dict[str, float]:
