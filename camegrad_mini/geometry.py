@@ -11,7 +11,11 @@ in the plane, vectorised over grids of points:
 * How far is a point from Pareto stationarity?  The distance from ``0`` to the segment
   ``[g_0, g_1]`` (:func:`pareto_stationarity_gap`).
 * Where does minimising a fixed weighted sum land?  :func:`ls_minimize` runs a local optimiser
-  from many starts, so non-convex problems (Fonseca-Fleming) show every local minimum.
+  from many starts, so non-convex problems (Fonseca-Fleming) show every local minimum;
+  :func:`scalarization_sweep` answers the same question exactly along a sampled Pareto set for
+  thousands of weights at once, :func:`stationary_weight` names the one weight for which a
+  Pareto-stationary point is stationary, and :func:`weighted_hessian` tells whether that point is
+  a minimum of the weighted sum or only a saddle or maximum.
 
 Generic multi-task *aggregators* (MGDA, PCGrad, CAGrad, CAME-Grad), which return an update
 direction for any number of tasks and dimensions, live in :mod:`camegrad_mini.optim`; nothing
@@ -35,6 +39,10 @@ __all__ = [
     "LSResult",
     "ls_minimize",
     "polyline_coordinate",
+    "stationary_weight",
+    "weighted_hessian",
+    "ScalarizationSweep",
+    "scalarization_sweep",
 ]
 
 Array = np.ndarray
@@ -263,3 +271,107 @@ def polyline_coordinate(points: Array, polyline: Array) -> Array:
     k = dist.argmin(axis=1)
     idx = np.arange(len(P))
     return (cum[k] + t[idx, k] * seg_len[k]) / total
+
+
+def stationary_weight(g0: Array, g1: Array) -> Array:
+    """The weight ``alpha_1`` on task 1 that makes ``(1 - alpha_1) g0 + alpha_1 g1`` shortest.
+
+    ``alpha_1`` lies in ``[0, 1]``; it is one minus the weight on ``g0`` that
+    :func:`hull_nearest_point` uses (the two-task MGDA weight). At a Pareto-stationary point
+    with nonzero, exactly opposite gradients it is the unique normalised weight for which the
+    point is a stationary point of the weighted sum, ``alpha_1 = |g0| / (|g0| + |g1|)``; so a
+    point of the Pareto set can be a minimiser of *one* weighted sum at most (up to scale), and
+    whether it is one is a question about the Hessian there (:func:`weighted_hessian`).
+    Vectorised over leading axes; where ``g0 = g1`` every weight gives the same vector and
+    ``0.5`` is returned.
+    """
+    g0 = np.asarray(g0, dtype=float)
+    g1 = np.asarray(g1, dtype=float)
+    if g0.shape != g1.shape:
+        raise ValueError(f"g0 and g1 must have the same shape, got {g0.shape} and {g1.shape}")
+    diff = g1 - g0
+    den = (diff * diff).sum(-1)
+    safe = np.where(den > 0, den, 1.0)
+    a = np.where(den > 0, (diff * g1).sum(-1) / safe, 0.5)  # weight on g0, as in hull_nearest_point
+    return 1.0 - np.clip(a, 0.0, 1.0)
+
+
+def weighted_hessian(problem, x: Array, weights: Sequence[float], step: float = 1e-5) -> Array:
+    """Hessian of ``sum_i w_i L_i`` at ``x`` by central differences of the analytic gradient.
+
+    ``x`` has shape ``(..., d)``; the result ``(..., d, d)`` is symmetrised. The error is
+    ``O(step^2)`` times the third derivatives (plus round-off ``O(eps_machine / step)``), so the
+    default ``step`` gives about ten correct digits on the book's test problems. Its smallest
+    eigenvalue decides what a stationary point is: positive, a strict local minimum; negative, a
+    saddle or a maximum, which gradient descent leaves.
+    """
+    w = np.asarray(weights, dtype=float)
+    if w.ndim != 1 or (w < 0).any() or w.sum() <= 0 or not np.isfinite(w).all():
+        raise ValueError(f"weights must be non-negative finite numbers, not all zero; got {w.tolist()}")
+    if not (np.isfinite(step) and step > 0):
+        raise ValueError(f"step must be a positive finite number, got {step}")
+    x = np.asarray(x, dtype=float)
+    d = x.shape[-1]
+    cols = []
+    for e in step * np.eye(d):
+        cols.append((problem.weighted_grad(x + e, w) - problem.weighted_grad(x - e, w)) / (2.0 * step))
+    H = np.stack(cols, axis=-1)  # H[..., i, j] = d g_i / d x_j
+    return 0.5 * (H + np.swapaxes(H, -1, -2))
+
+
+@dataclass(frozen=True)
+class ScalarizationSweep:
+    """Minimisers of ``(1 - alpha_1) F_0 + alpha_1 F_1`` along a sampled curve, for many weights.
+
+    ``weights`` (m,) are the weights ``alpha_1`` on task 1; ``global_index`` (m,) is, per weight,
+    the index of the curve point with the lowest weighted loss (ties go to the lower index);
+    ``local_weight`` and
+    ``local_index`` (same length) list every strict local minimum along the curve as a pair
+    (index into ``weights``, index into the curve), the global ones included. An end point
+    counts when it is lower than its one neighbour.
+    """
+
+    weights: Array
+    global_index: Array
+    local_weight: Array
+    local_index: Array
+    n_points: int
+
+    def reached(self, kind: str = "local") -> Array:
+        """Boolean mask over the curve: points that are a ``"global"`` or ``"local"`` minimiser for some weight."""
+        if kind not in ("global", "local"):
+            raise ValueError(f"kind must be 'global' or 'local', got {kind!r}")
+        mask = np.zeros(self.n_points, dtype=bool)
+        mask[self.global_index if kind == "global" else self.local_index] = True
+        return mask
+
+
+def scalarization_sweep(losses: Array, weights: Sequence[float] | Array) -> ScalarizationSweep:
+    """Every minimiser of each weighted sum, restricted to a curve sampled as ``losses`` (n, 2).
+
+    ``losses[j] = (L_0, L_1)`` at the ``j``-th point of an ordered curve (for example
+    ``problem.losses(problem.pareto_set(n))``), ``weights`` the weights ``alpha_1`` in ``[0, 1]``
+    on task 1. For each weight the weighted loss is evaluated at all ``n`` points at once, so
+    thousands of weights cost one array operation instead of thousands of optimiser runs.
+
+    What this does not check: a minimiser *along the curve* is a minimiser in the whole space only
+    if the weighted sum also curves upwards across the curve (use :func:`weighted_hessian`), and
+    the answer is only as fine as the sampling: positions that need a weight between two of
+    ``weights`` are missed.
+    """
+    F = np.asarray(losses, dtype=float)
+    if F.ndim != 2 or F.shape[1] != 2 or F.shape[0] < 2:
+        raise ValueError(f"losses must have shape (n >= 2, 2), got {F.shape}")
+    if not np.isfinite(F).all():
+        raise ValueError("losses must be finite")
+    ws = np.atleast_1d(np.asarray(weights, dtype=float))
+    if ws.ndim != 1 or ws.size == 0 or not np.isfinite(ws).all() or (ws < 0).any() or (ws > 1).any():
+        raise ValueError("weights must be a non-empty 1-D array of numbers in [0, 1]")
+    V = (1.0 - ws)[:, None] * F[None, :, 0] + ws[:, None] * F[None, :, 1]  # (m, n)
+    inf = np.full((len(ws), 1), np.inf)
+    left = np.concatenate([inf, V[:, :-1]], axis=1)
+    right = np.concatenate([V[:, 1:], inf], axis=1)
+    local = (V < left) & (V < right)
+    wi, pi = np.nonzero(local)
+    return ScalarizationSweep(weights=ws, global_index=V.argmin(axis=1), local_weight=wi, local_index=pi,
+                              n_points=F.shape[0])

@@ -208,3 +208,154 @@ def test_hull_nearest_point_is_on_the_segment_and_orthogonal_to_it():
     assert p @ (g0 - g1) == pytest.approx(0.0, abs=1e-12)  # ... and is the foot of the perpendicular
     np.testing.assert_allclose(geo.hull_nearest_point([1.0, 0.0], [3.0, 0.0]), [1.0, 0.0])  # clipped to an end
     np.testing.assert_allclose(geo.hull_nearest_point(np.ones((4, 2)), np.ones((4, 2))), np.ones((4, 2)))
+
+
+# --- the weight that makes a point stationary -----------------------------------------------
+
+@settings(max_examples=60, deadline=None)
+@given(a=angles, r0=lengths, gamma=st.floats(min_value=0.01, max_value=100.0))
+def test_stationary_weight_cancels_opposite_gradients(a, r0, gamma):
+    g0 = r0 * unit(a)
+    g1 = -gamma * g0  # a Pareto-stationary pair: |g1| / |g0| = gamma
+    a1 = float(geo.stationary_weight(g0, g1))
+    assert a1 == pytest.approx(1.0 / (1.0 + gamma), rel=1e-9)  # = |g0| / (|g0| + |g1|)
+    assert np.linalg.norm((1 - a1) * g0 + a1 * g1) <= 1e-9 * r0 * (1 + gamma)
+
+
+@settings(max_examples=60, deadline=None)
+@given(a0=angles, a1=angles, r0=lengths, r1=lengths)
+def test_stationary_weight_is_the_hull_point_and_swaps_with_the_tasks(a0, a1, r0, r1):
+    g0, g1 = r0 * unit(a0), r1 * unit(a1)
+    w = float(geo.stationary_weight(g0, g1))
+    assert 0.0 <= w <= 1.0
+    np.testing.assert_allclose((1 - w) * g0 + w * g1, geo.hull_nearest_point(g0, g1), atol=1e-12)
+    if np.linalg.norm(g0 - g1) > 1e-6:
+        assert float(geo.stationary_weight(g1, g0)) == pytest.approx(1.0 - w, abs=1e-9)
+    # nothing on the segment is shorter (brute force)
+    grid_w = np.linspace(0, 1, 201)[:, None]
+    assert np.linalg.norm((1 - w) * g0 + w * g1) <= np.linalg.norm((1 - grid_w) * g0 + grid_w * g1, axis=1).min() + 1e-12
+
+
+def test_stationary_weight_vectorises_and_handles_equal_gradients():
+    G = np.random.default_rng(0).normal(size=(3, 4, 2, 2))
+    w = geo.stationary_weight(G[..., 0, :], G[..., 1, :])
+    assert w.shape == (3, 4)
+    assert float(geo.stationary_weight([1.0, 2.0], [1.0, 2.0])) == 0.5
+    assert float(geo.stationary_weight([1.0, 0.0], [2.0, 0.0])) == 0.0  # the shorter one alone
+    with pytest.raises(ValueError, match="same shape"):
+        geo.stationary_weight(np.zeros((2, 2)), np.zeros(2))
+
+
+# --- Hessian of a weighted sum --------------------------------------------------------------
+
+@settings(max_examples=30, deadline=None)
+@given(w0=st.floats(min_value=0.0, max_value=5.0), w1=st.floats(min_value=0.1, max_value=5.0),
+       x1=st.floats(min_value=-2, max_value=2), x2=st.floats(min_value=-2, max_value=2))
+def test_weighted_hessian_of_quadratics_is_the_weighted_curvature(w0, w1, x1, x2):
+    q = QuadraticPair.ill_conditioned()
+    H = geo.weighted_hessian(q, np.array([x1, x2]), (w0, w1))
+    np.testing.assert_allclose(H, w0 * q.hessians[0] + w1 * q.hessians[1], atol=1e-7 * (1 + w0 + w1) * 10)
+
+
+def test_weighted_hessian_is_symmetric_linear_in_the_weights_and_vectorised():
+    p = FonsecaFleming()
+    X = np.random.default_rng(2).uniform(-1.5, 1.5, size=(5, 3, 2))
+    H0, H1 = geo.weighted_hessian(p, X, (1, 0)), geo.weighted_hessian(p, X, (0, 1))
+    H = geo.weighted_hessian(p, X, (0.3, 0.7))
+    assert H.shape == (5, 3, 2, 2)
+    np.testing.assert_allclose(H, np.swapaxes(H, -1, -2))
+    np.testing.assert_allclose(H, 0.3 * H0 + 0.7 * H1, atol=1e-9)
+
+
+def test_weighted_hessian_matches_the_closed_form_on_the_fonseca_fleming_set():
+    # At x = s a, with the weight that makes it stationary, the Hessian in the basis (a, b) is
+    # exp(-(1 - s)^2) / D(s) * diag(4 (2 s^2 - 1), 4), D(s) = (1 - s) e^{4s} + 1 + s (chapter 1).
+    p = FonsecaFleming()
+    b = np.array([1.0, -1.0]) / np.sqrt(2.0)
+    for s in (-0.9, -0.5, 0.0, 0.3, 0.70, 0.72, 0.95):
+        x = s * p.a
+        g0, g1 = p.grads(x)
+        a1 = float(geo.stationary_weight(g0, g1))
+        D = (1 - s) * np.exp(4 * s) + 1 + s
+        assert a1 == pytest.approx((1 - s) * np.exp(4 * s) / D, rel=1e-9)
+        H = geo.weighted_hessian(p, x, (1 - a1, a1))
+        scale = np.exp(-(1 - s) ** 2) / D
+        assert p.a @ H @ p.a == pytest.approx(4 * (2 * s * s - 1) * scale, abs=1e-7)
+        assert b @ H @ b == pytest.approx(4 * scale, abs=1e-7)
+        assert p.a @ H @ b == pytest.approx(0.0, abs=1e-7)
+
+
+def test_weighted_hessian_rejects_bad_arguments():
+    q = QuadraticPair()
+    with pytest.raises(ValueError, match="weights"):
+        geo.weighted_hessian(q, np.zeros(2), (0.0, 0.0))
+    with pytest.raises(ValueError, match="weights"):
+        geo.weighted_hessian(q, np.zeros(2), (-1.0, 2.0))
+    with pytest.raises(ValueError, match="step"):
+        geo.weighted_hessian(q, np.zeros(2), (1.0, 1.0), step=0.0)
+
+
+# --- sweeping the weight along a sampled Pareto set ----------------------------------------
+
+def _ff_curve(n=2001):
+    p = FonsecaFleming()
+    s = np.linspace(1.0, -1.0, n)  # from task 0's minimiser to task 1's
+    return s, p.losses(s[:, None] * p.a)
+
+
+def test_scalarization_sweep_on_a_convex_front_has_one_minimiser_per_weight_moving_monotonically():
+    q = QuadraticPair()
+    F = q.losses(q.pareto_set(501))
+    sweep = geo.scalarization_sweep(F, np.linspace(0, 1, 101))
+    assert len(sweep.local_index) == 101  # one local minimum per weight ...
+    np.testing.assert_array_equal(sweep.local_weight, np.arange(101))
+    np.testing.assert_array_equal(sweep.local_index, sweep.global_index)  # ... and it is the global one
+    assert (np.diff(sweep.global_index) >= 0).all()  # more weight on task 1 moves towards its end
+    assert sweep.global_index[0] == 0 and sweep.global_index[-1] == 500
+    assert sweep.reached("global").mean() > 0.15  # the isotropic pair's weights spread over the set
+
+
+def test_scalarization_sweep_on_fonseca_fleming_never_reaches_the_concave_middle():
+    s, F = _ff_curve()
+    sweep = geo.scalarization_sweep(F, np.linspace(0, 1, 1001))
+    assert (np.abs(s[sweep.local_index]) > 1 / np.sqrt(2)).all()
+    from_end = np.minimum(1 - s, 1 + s) / 2
+    assert from_end[sweep.local_index].max() < (1 - 1 / np.sqrt(2)) / 2
+    assert from_end[sweep.local_index].max() > 0.13  # the end pieces are reached almost to the inflection
+    assert from_end[sweep.global_index].max() < 0.03  # global minimisers hug the two ends
+    # a weight that has two local minima along the set has its global one among them
+    for k in np.unique(sweep.local_weight):
+        assert sweep.global_index[k] in sweep.local_index[sweep.local_weight == k]
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), n=st.integers(2, 40), m=st.integers(1, 15))
+def test_scalarization_sweep_properties_on_random_curves(seed, n, m):
+    rng = np.random.default_rng(seed)
+    F = rng.uniform(0, 1, size=(n, 2))
+    ws = rng.uniform(0, 1, size=m)
+    sweep = geo.scalarization_sweep(F, ws)
+    V = (1 - ws)[:, None] * F[:, 0] + ws[:, None] * F[:, 1]
+    np.testing.assert_array_equal(sweep.global_index, V.argmin(1))
+    # every listed local minimum is lower than its neighbours, and every weight has at least one
+    for k, j in zip(sweep.local_weight, sweep.local_index):
+        assert (j == 0 or V[k, j] < V[k, j - 1]) and (j == n - 1 or V[k, j] < V[k, j + 1])
+    assert set(sweep.local_weight) == set(range(m))
+    # relabelling the tasks and reversing the curve mirrors the answer
+    mirror = geo.scalarization_sweep(F[::-1, ::-1], 1 - ws)
+    np.testing.assert_array_equal(np.sort(n - 1 - mirror.local_index), np.sort(sweep.local_index))
+    assert sweep.reached("local").sum() >= sweep.reached("global").sum()
+
+
+def test_scalarization_sweep_rejects_bad_input():
+    F = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="losses"):
+        geo.scalarization_sweep(np.zeros((5, 3)), [0.5])
+    with pytest.raises(ValueError, match="losses"):
+        geo.scalarization_sweep(np.full((5, 2), np.nan), [0.5])
+    with pytest.raises(ValueError, match="weights"):
+        geo.scalarization_sweep(F, [1.5])
+    with pytest.raises(ValueError, match="weights"):
+        geo.scalarization_sweep(F, [])
+    with pytest.raises(ValueError, match="kind"):
+        geo.scalarization_sweep(F + np.arange(5)[:, None], [0.5]).reached("best")

@@ -129,3 +129,26 @@ def test_conflict_sweep_html_embeds_one_frame_per_point_and_closes_its_figure():
         pareto.conflict_sweep_html(QuadraticPair(), np.zeros((3, 3)))
     with pytest.raises(ValueError, match="frame_format"):
         pareto.conflict_sweep_html(QuadraticPair(), path, frame_format="gif")
+
+
+def test_plot_scalarization_reach_splits_the_front_and_plots_every_minimiser():
+    p = FonsecaFleming()
+    s = np.linspace(1.0, -1.0, 401)
+    F, position = p.losses(s[:, None] * p.a), (1 - s) / 2
+    sweep = geo.scalarization_sweep(F, np.linspace(0, 1, 51))
+    marks = ((1 - 1 / np.sqrt(2)) / 2, (1 + 1 / np.sqrt(2)) / 2)
+    fig = pareto.plot_scalarization_reach(sweep, F, position, marks=marks, marks_label="inflection points")
+    ax_f, ax_w = fig.axes
+    labels = [t.get_text() for t in ax_f.get_legend().get_texts()]
+    assert "only a local minimiser" in labels and "a global minimiser" in labels and "inflection points" in labels
+    glob, loc = sweep.reached("global"), sweep.reached("local")
+    n_local_only, n_global = [len(c.get_offsets()) for c in ax_f.collections]
+    assert (n_local_only, n_global) == ((loc & ~glob).sum(), glob.sum())
+    local_dots, global_dots = ax_w.collections
+    assert len(local_dots.get_offsets()) == len(sweep.local_index)
+    np.testing.assert_allclose(global_dots.get_offsets(), np.c_[sweep.weights, position[sweep.global_index]])
+    assert sorted(ln.get_ydata()[0] for ln in ax_w.lines) == pytest.approx(sorted(marks))
+    assert "alpha_1" in ax_w.get_xlabel() and "L_0" in ax_f.get_xlabel()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="position"):
+        pareto.plot_scalarization_reach(sweep, F, position[:-1])

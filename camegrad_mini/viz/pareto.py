@@ -25,7 +25,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Wedge
 
-from ..geometry import ConflictMap, common_descent_arc, cosine, grid, hull_nearest_point, pareto_stationarity_gap
+from ..geometry import (ConflictMap, ScalarizationSweep, common_descent_arc, cosine, grid, hull_nearest_point,
+                        pareto_stationarity_gap)
 
 __all__ = [
     "TASK_COLORS",
@@ -37,6 +38,7 @@ __all__ = [
     "gradient_figure",
     "plot_conflict_map",
     "plot_weight_sweep",
+    "plot_scalarization_reach",
     "conflict_widget",
     "conflict_sweep_html",
 ]
@@ -262,11 +264,12 @@ def plot_conflict_map(cmap: ConflictMap, ax: Axes | None = None, problem=None, c
 
 def plot_weight_sweep(problem, ts: Sequence[float], points, ax_x: Axes | None = None, ax_f: Axes | None = None,
                       label: str = "LS minimiser") -> Figure:
-    """Where the weighted-sum minimiser lands as the weight ``t`` on task 1 sweeps ``[0, 1]``.
+    """Where the weighted-sum minimiser lands as the weight ``alpha_1`` on task 1 sweeps ``[0, 1]``.
 
-    ``points[k]`` is the minimiser found for ``ts[k]`` (one row per weight, or several rows per
-    weight flattened with ``ts`` repeated). Left: parameter space over the landscape; right:
-    objective space over the Pareto front. Colour encodes ``t``.
+    The weighted sum is ``(1 - alpha_1) L_0 + alpha_1 L_1``; ``ts`` holds the weights
+    ``alpha_1``. ``points[k]`` is the minimiser found for ``ts[k]`` (one row per weight, or
+    several rows per weight flattened with ``ts`` repeated). Left: parameter space over the
+    landscape; right: objective space over the Pareto front. Colour encodes ``alpha_1``.
     """
     ts = np.asarray(ts, dtype=float)
     P = np.asarray(points, dtype=float)
@@ -284,7 +287,60 @@ def plot_weight_sweep(problem, ts: Sequence[float], points, ax_x: Axes | None = 
     ax_f.scatter(F[:, 0], F[:, 1], c=ts, cmap="viridis", vmin=0, vmax=1, s=22, zorder=5, edgecolors="k",
                  linewidths=0.3, label=label)
     ax_f.legend(fontsize=8, loc="upper right")
-    fig.colorbar(sc, ax=[ax_x, ax_f], shrink=0.85, label="weight $t$ on task 1")
+    fig.colorbar(sc, ax=[ax_x, ax_f], shrink=0.85, label=r"weight $\alpha_1$ on task 1")
+    return fig
+
+
+def plot_scalarization_reach(sweep: ScalarizationSweep, losses, position, marks: Sequence[float] = (),
+                             marks_label: str = "marked positions", axes: Sequence[Axes] | None = None) -> Figure:
+    """What linear scalarization can reach on a sampled Pareto set, from a
+    :class:`~camegrad_mini.geometry.ScalarizationSweep`.
+
+    ``losses`` (n, 2) are the curve's points in objective space and ``position`` (n,) their
+    position along the set (0 = task 0's minimiser, 1 = task 1's), both in the order the sweep
+    was computed on. Left: the front, its points marked by what the sweep found them to be: the
+    global minimiser of some weighted sum (red), only a local minimiser (purple), or a minimiser
+    for none of the swept weights (grey, dashed). Right: where the minimisers sit along the set
+    as the weight ``alpha_1`` on task 1 grows, local ones as small dots, global ones as black
+    dots. ``marks`` are positions to flag in both panels (the inflection points, say): dotted
+    lines on the right, black crosses on the front, named ``marks_label`` in the legend.
+    """
+    F = np.asarray(losses, dtype=float)
+    pos = np.asarray(position, dtype=float)
+    if F.shape != (sweep.n_points, 2) or pos.shape != (sweep.n_points,):
+        raise ValueError(f"losses must have shape ({sweep.n_points}, 2) and position ({sweep.n_points},), "
+                         f"got {F.shape} and {pos.shape}")
+    if axes is None:
+        fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.5), dpi=80, layout="constrained")
+    ax_f, ax_w = axes
+    fig = ax_f.figure
+    glob, loc = sweep.reached("global"), sweep.reached("local")
+    # NaN outside the class breaks the line into its pieces; reached points are dots, because
+    # near a fold of the minimiser branch the swept weights hit the curve only here and there
+    ax_f.plot(np.where(~loc, F[:, 0], np.nan), np.where(~loc, F[:, 1], np.nan), color="0.6", ls="--", lw=1.5,
+              label="minimiser for no swept weight")
+    for mask, color, label in ((loc & ~glob, "tab:purple", "only a local minimiser"),
+                               (glob, PARETO_COLOR, "a global minimiser")):
+        ax_f.scatter(F[mask, 0], F[mask, 1], s=8, color=color, label=label, zorder=3)
+    order = np.argsort(pos)
+    for k, m in enumerate(marks):
+        ax_f.plot(np.interp(m, pos[order], F[order, 0]), np.interp(m, pos[order], F[order, 1]), "kx", ms=7,
+                  label=marks_label if k == 0 else None, zorder=4)
+    ax_f.set_xlabel("$L_0$ (report loss)")
+    ax_f.set_ylabel("$L_1$ (clinical loss)")
+    ax_f.set_title("which points of the front a weight reaches", fontsize=10)
+    ax_f.legend(fontsize=7, loc="upper right")
+    ax_w.scatter(sweep.weights[sweep.local_weight], pos[sweep.local_index], s=2, color="tab:purple",
+                 label="local minimiser")
+    ax_w.scatter(sweep.weights, pos[sweep.global_index], s=4, color="k", label="global minimiser")
+    for k, m in enumerate(marks):
+        ax_w.axhline(m, color="0.4", ls=":", lw=1, label=marks_label if k == 0 else None)
+    ax_w.set_xlim(0, 1)
+    ax_w.set_ylim(-0.02, 1.02)
+    ax_w.set_xlabel(r"weight $\alpha_1$ on task 1")
+    ax_w.set_ylabel("position along the Pareto set")
+    ax_w.set_title("minimisers of the weighted sum", fontsize=10)
+    ax_w.legend(fontsize=7, loc="center right", markerscale=3)
     return fig
 
 
@@ -314,7 +370,7 @@ def conflict_widget(problems: Mapping[str, object], x0: Sequence[float] = (0.0, 
                                continuous_update=False, style=style),
         x2=widgets.FloatSlider(value=float(x0[1]), min=-2.0, max=2.0, step=0.05, description="x2",
                                continuous_update=False, style=style),
-        w1=widgets.FloatSlider(value=float(weight), min=0.0, max=8.0, step=0.25, description="w1 (task 1)",
+        w1=widgets.FloatSlider(value=float(weight), min=0.0, max=8.0, step=0.25, description="ω1 (task 1)",
                                continuous_update=False, style=style),
     )
 
