@@ -42,6 +42,9 @@ __all__ = [
     "kramers_escape_time",
     "mean_first_passage_time_1d",
     "quadratic_mean_weak_errors",
+    "PathAverages",
+    "simulate_path_averages",
+    "linear_sde_moments",
 ]
 
 Array = np.ndarray
@@ -355,19 +358,20 @@ def simulate_escape(grad: Callable[[Array], Array], x0: float, boundary: float, 
                         stderr=mean / np.sqrt(n) if n else float("inf"))
 
 
-def kramers_escape_time(k_min: float, k_saddle: float, barrier: float, temperature: float) -> float:
-    """Kramers' mean escape time ``2 pi / sqrt(k_min |k_saddle|) * exp(barrier / T)`` (Kramers 1940).
+def kramers_escape_time(h_min: float, h_saddle: float, barrier: float, temperature: float) -> float:
+    """Kramers' mean escape time ``2 pi / sqrt(h_min |h_saddle|) * exp(barrier / T)`` (Kramers 1940).
 
-    For ``d x = -L'(x) dt + sqrt(2 T) dW`` leaving a minimum of curvature ``k_min`` over a saddle
-    of curvature ``k_saddle < 0`` that lies ``barrier`` above it; asymptotic as ``barrier / T -> inf``
+    For ``d x = -L'(x) dt + sqrt(2 T) dW`` leaving a minimum of curvature ``h_min = L''`` over a saddle
+    of curvature ``h_saddle < 0`` that lies ``barrier`` above it; asymptotic as ``barrier / T -> inf``
     (corrections are of relative order ``T / barrier``). The exponential is the Arrhenius law.
+    The book derives it from the exact first-passage time by Laplace's method (chapter 2's appendix).
     """
-    k_min = _positive("k_min", k_min)
-    if not np.isfinite(k_saddle) or k_saddle >= 0:
-        raise ValueError(f"k_saddle must be negative (a maximum of the loss), got {k_saddle}")
+    h_min = _positive("h_min", h_min)
+    if not np.isfinite(h_saddle) or h_saddle >= 0:
+        raise ValueError(f"h_saddle must be negative (a maximum of the loss), got {h_saddle}")
     barrier = _positive("barrier", barrier)
     temperature = _positive("temperature", temperature)
-    return 2.0 * np.pi / np.sqrt(k_min * abs(k_saddle)) * np.exp(barrier / temperature)
+    return 2.0 * np.pi / np.sqrt(h_min * abs(h_saddle)) * np.exp(barrier / temperature)
 
 
 def mean_first_passage_time_1d(loss: Callable[[Array], Array], x0: float, boundary: float,
@@ -423,3 +427,82 @@ def quadratic_mean_weak_errors(curvature: float, etas, t_end: float, x0: float =
     sme = x0 * np.exp(-(hc + etas * hc**2 / 2.0) * t_end)
     return {"eta": etas, "sgd": sgd, "sde": sde, "sme": sme,
             "error_sde": np.abs(sgd - sde), "error_sme": np.abs(sgd - sme)}
+
+
+# --------------------------------------------------------------------------------------------
+# averages along paths (for Ito's lemma and Dynkin's formula)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class PathAverages:
+    """Chain averages of observables along Euler-Maruyama paths.
+
+    ``times`` has shape ``(n_records,)`` (starting with ``0``); ``mean[r]`` and ``stderr[r]`` are the
+    average over chains of each observable at ``times[r]`` and its standard error, shape
+    ``(n_records, n_observables)``.
+    """
+
+    times: Array
+    mean: Array
+    stderr: Array
+
+
+def simulate_path_averages(drift: GradFn, theta0, *, dt: float, diffusion, n_steps: int, record_every: int,
+                           observables: Callable[[Array], Array], rng: np.random.Generator) -> PathAverages:
+    """Euler-Maruyama for ``d theta = drift dt + D^{1/2} dW`` from ``theta0`` (shape ``(n_chains, d)``).
+
+    Records the chain average of ``observables(theta)`` (a map ``(n_chains, d) -> (n_chains, m)``) at
+    time 0 and every ``record_every`` steps, with its standard error. Unlike :func:`simulate_euler_maruyama`
+    it keeps the time course (for transients), not a time average.
+    """
+    dt = _positive("dt", dt)
+    D = _as_psd("diffusion", diffusion)
+    for name, v in (("n_steps", n_steps), ("record_every", record_every)):
+        if int(v) != v or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v}")
+    theta = np.array(theta0, dtype=float, copy=True)
+    if theta.ndim != 2 or theta.shape[1] != D.shape[0]:
+        raise ValueError(f"theta0 must have shape (n_chains, {D.shape[0]}), got {theta.shape}")
+    factor = np.sqrt(dt) * _sqrt_psd(D)
+    n = theta.shape[0]
+
+    def stats(th):
+        o = np.asarray(observables(th), dtype=float).reshape(n, -1)
+        return o.mean(0), o.std(0, ddof=1) / np.sqrt(n)
+
+    times, means, errs = [0.0], [], []
+    m, e = stats(theta)
+    means.append(m)
+    errs.append(e)
+    for k in range(1, int(n_steps) + 1):
+        theta = theta + dt * drift(theta) + rng.standard_normal(theta.shape) @ factor.T
+        if k % record_every == 0:
+            m, e = stats(theta)
+            times.append(k * dt)
+            means.append(m)
+            errs.append(e)
+    return PathAverages(times=np.array(times), mean=np.array(means), stderr=np.array(errs))
+
+
+def linear_sde_moments(A, theta_star, diffusion, theta0, times) -> tuple[Array, Array]:
+    """Exact mean and covariance of ``d theta = -A (theta - theta*) dt + D^{1/2} dW`` from ``theta0``.
+
+    ``m_t = theta* + e^{-A t} (theta0 - theta*)``; the covariance solves ``S' = -A S - S A^T + D``
+    with ``S_0 = 0``, so ``S_t = S_inf - e^{-A t} S_inf e^{-A^T t}`` with ``A S_inf + S_inf A^T = D``
+    (requires the eigenvalues of ``A`` to have positive real parts). Returns arrays of shape
+    ``(len(times), d)`` and ``(len(times), d, d)``.
+    """
+    A = _as_square("A", A)
+    if np.linalg.eigvals(A).real.min() <= 0:
+        raise ValueError("A must have eigenvalues with positive real parts (a stable linear drift)")
+    D = _as_psd("diffusion", diffusion)
+    ts = np.atleast_1d(np.asarray(times, dtype=float))
+    star = np.asarray(theta_star, dtype=float)
+    start = np.asarray(theta0, dtype=float)
+    S_inf = scipy.linalg.solve_continuous_lyapunov(A, D)
+    means, covs = [], []
+    for t in ts:
+        E = scipy.linalg.expm(-A * t)
+        means.append(star + E @ (start - star))
+        S = S_inf - E @ S_inf @ E.T
+        covs.append(0.5 * (S + S.T))
+    return np.array(means), np.array(covs)

@@ -7,9 +7,17 @@ check:
 * :func:`sgd_step_moments` and :func:`euler_maruyama_step_moments`: mean and covariance of one
   SGD step and of one Euler-Maruyama step of the SDE ``d theta = -grad L dt + sqrt(eta Sigma/B) dW``
   of length ``dt = eta``: they agree, which is why the SDE is the natural continuous model;
+* :func:`ito_lemma`: Ito's lemma derived by a second-order Taylor expansion with the rules
+  ``dW_a dW_b = delta_ab dt``, ``dt dW = dt^2 = 0``; its ``dt`` coefficient is the generator
+  ``(calL f) = b . grad f + (1/2) tr(D Hess f)``;
+* :func:`task_loss_ito`: Ito's lemma for each task's loss under the joint SDE
+  ``d theta = -g_joint dt + sqrt(eta) Sigma_omega^{1/2} dW``:
+  ``E dL_i = [-<grad L_i, g_joint> + (eta/2) tr(H_i Sigma_omega)] dt``;
+* :func:`minibatch_covariance`: the covariance of a mini-batch mean gradient over a finite data
+  set, with and without replacement (``Sigma / B`` and ``(N - B)/(N - 1) Sigma / B``);
 * :func:`dynkin_moments_1d` and :func:`one_step_moment_gap_1d`: the SDE's exact one-step moments
-  as power series in ``eta`` (Dynkin's formula ``E phi(X_h) = sum h^n/n! (G^n phi)(x)`` with the
-  generator ``G``); the plain SDE misses SGD's mean at ``O(eta^2)`` (weak order one), the
+  as power series in ``eta`` (Dynkin's formula ``E f(X_Dt) = sum Dt^n/n! (calL^n f)(x)`` with the
+  generator ``calL``); the plain SDE misses SGD's mean at ``O(eta^2)`` (weak order one), the
   stochastic modified equation (SME) of Li, Tai & E (2017) with the drift
   ``-grad(L + (eta/4)|grad L|^2)`` matches it to ``O(eta^3)`` (weak order two);
 * :func:`sme_correction_identity`: ``(eta/4) grad |grad L|^2 = (eta/2) H grad L`` in 2-D;
@@ -24,6 +32,9 @@ import sympy as sp
 
 __all__ = [
     "expectation",
+    "ito_lemma",
+    "task_loss_ito",
+    "minibatch_covariance",
     "sgd_step_moments",
     "euler_maruyama_step_moments",
     "generator_1d",
@@ -38,7 +49,9 @@ __all__ = [
     "truncate",
 ]
 
-eta, B, h = sp.symbols("eta B h", positive=True)
+eta, B = sp.symbols("eta B", positive=True)
+#: the time step of Dynkin's expansion (``Delta t``; the book keeps ``h`` for a curvature)
+Dt = sp.Symbol(r"\Delta t", positive=True)
 
 
 def truncate(expr: sp.Expr, var: sp.Symbol, order: int) -> sp.Expr:
@@ -71,6 +84,108 @@ def expectation(expr: sp.Expr, noise: list[sp.Symbol], cov: sp.Matrix) -> sp.Exp
         else:
             raise ValueError(f"expectation needs moments of order {deg}; only orders <= 2 are defined here")
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Ito's lemma, derived from the multiplication table of dt and dW
+# --------------------------------------------------------------------------------------------
+def ito_lemma(f: sp.Expr, state: list[sp.Symbol], drift: sp.Matrix, factor: sp.Matrix) -> dict[str, sp.Basic]:
+    """Ito's lemma for ``f(X)`` with ``dX = b dt + F dW`` (``b = drift``, ``F = factor``, ``D = F F^T``).
+
+    Derived, not quoted: expand ``f(X + dX) - f(X)`` to second order in ``dX = b dt + F dW`` and
+    reduce every product with the Ito multiplication table ``dW_a dW_b = delta_ab dt``,
+    ``dt dW_a = 0``, ``dt^2 = 0`` (terms beyond first order in ``dt`` vanish). Returns the
+    coefficient of ``dt`` (``drift_term``), the coefficients of ``dW`` (``noise_terms``), the
+    generator written out, ``generator = b . grad f + (1/2) tr(D Hess f)``, and their difference
+    (``check``, zero after expansion).
+    """
+    state = list(state)
+    d, m = len(state), factor.shape[1]
+    if drift.shape != (d, 1) or factor.shape[0] != d:
+        raise ValueError(f"drift must be {d}x1 and factor {d}xm for {d} state variables, got {drift.shape}, {factor.shape}")
+    dt = sp.Symbol("dt", positive=True)
+    dW = sp.symbols(f"dW_1:{m + 1}", real=True)
+    dX = drift * dt + factor * sp.Matrix(dW)
+    grad = sp.Matrix([sp.diff(f, v) for v in state])
+    hess = sp.hessian(f, state)
+    taylor = sp.expand((grad.T * dX)[0] + sp.Rational(1, 2) * (dX.T * hess * dX)[0])
+    reduced = sp.Integer(0)
+    for powers, coeff in sp.Poly(taylor, dt, *dW).terms():
+        p_dt, p_w = powers[0], powers[1:]
+        order2 = 2 * p_dt + sum(p_w)            # dt counts as two half-orders, dW as one
+        if order2 > 2:
+            continue                             # dt^2, dt dW, dW^3, ... are o(dt)
+        if sum(p_w) == 2:
+            reduced += coeff * dt if max(p_w) == 2 else 0   # dW_a^2 = dt, dW_a dW_b = 0
+        else:
+            reduced += coeff * dt**p_dt * sp.Mul(*[w**p for w, p in zip(dW, p_w)])
+    reduced = sp.expand(reduced)
+    drift_term = reduced.coeff(dt)
+    noise_terms = sp.Matrix([reduced.coeff(w) for w in dW])
+    D = factor * factor.T
+    generator = (drift.T * grad)[0] + sp.Rational(1, 2) * (D * hess).trace()
+    return {"dt": dt, "dW": dW, "taylor": taylor, "reduced": reduced, "drift_term": drift_term,
+            "noise_terms": noise_terms, "generator": generator,
+            "check": sp.expand(drift_term - generator)}
+
+
+def task_loss_ito(n_tasks: int = 2) -> dict[str, sp.Basic]:
+    """Ito's lemma for each task's loss under the joint SDE of linear scalarization, in 2-D.
+
+    Tasks ``L_i(theta_1, theta_2)`` are generic smooth functions, ``g_joint = sum_i omega_i grad L_i``,
+    and the SDE is ``d theta = -g_joint dt + sqrt(eta) C dW`` with ``C`` a lower-triangular symbolic
+    factor, ``Sigma_omega = C C^T``. Returns, per task, Ito's ``dt`` coefficient (from
+    :func:`ito_lemma`), the claimed form ``-<grad L_i, g_joint> + (eta/2) tr(H_i Sigma_omega)``
+    and their difference (zero after expansion).
+    """
+    if int(n_tasks) != n_tasks or n_tasks < 1:
+        raise ValueError(f"n_tasks must be a positive integer, got {n_tasks}")
+    th = sp.symbols("theta_1 theta_2", real=True)
+    losses = [sp.Function(f"L_{i}")(*th) for i in range(n_tasks)]
+    omegas = sp.symbols(f"omega_0:{n_tasks}", positive=True)
+    grads = [sp.Matrix([sp.diff(L, v) for v in th]) for L in losses]
+    g_joint = sp.zeros(2, 1)
+    for w, g in zip(omegas, grads):
+        g_joint += w * g
+    C = sp.Matrix(2, 2, lambda i, j: sp.Symbol(f"C_{i + 1}{j + 1}", real=True) if j <= i else 0)
+    Sigma_w = C * C.T
+    out = {"theta": th, "losses": losses, "omega": omegas, "g_joint": g_joint, "C": C, "Sigma_omega": Sigma_w,
+           "drift_terms": [], "claimed": [], "differences": []}
+    for L, g in zip(losses, grads):
+        ito = ito_lemma(L, list(th), -g_joint, sp.sqrt(eta) * C)
+        claimed = -(g.T * g_joint)[0] + eta / 2 * (sp.hessian(L, th) * Sigma_w).trace()
+        out["drift_terms"].append(ito["drift_term"])
+        out["claimed"].append(claimed)
+        out["differences"].append(sp.expand(ito["drift_term"] - claimed))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# mini-batch noise on a finite data set
+# --------------------------------------------------------------------------------------------
+def minibatch_covariance() -> dict[str, sp.Basic]:
+    """Covariance of the mean of ``B`` per-example gradients drawn from ``N``, with and without replacement.
+
+    Write ``M2 = (1/N) sum_n v_n v_n^T`` and ``G = g g^T`` with ``g = (1/N) sum_n v_n``; the per-example
+    covariance is ``Sigma = M2 - G``. The batch mean is ``(1/B) sum_b v_{n_b}``, so its covariance is
+    ``(1/B^2) sum_{b, b'} Cov(v_{n_b}, v_{n_b'})``. Every draw is uniform, so a term with ``b = b'``
+    is ``M2 - G``. For ``b != b'``: with replacement the draws are independent (0); without
+    replacement ``E[v_{n_b} v_{n_b'}^T] = (1/(N(N-1))) sum_{n != m} v_n v_m^T = (N^2 G - N M2)/(N(N-1))``.
+    ``M2`` and ``G`` are fixed matrices, so they enter as commuting symbols. Returns both covariances,
+    their ratio (the finite-population factor ``(N - B)/(N - 1)``) and the trace identity
+    ``tr Sigma = E_n |v_n|^2 - |g|^2`` (``tr M2 = E_n |v_n|^2``).
+    """
+    N = sp.Symbol("N", positive=True, integer=True)
+    M2, G = sp.symbols("M_2 G", real=True)
+    same = M2 - G
+    cross = {"with": sp.Integer(0), "without": (N**2 * G - N * M2) / (N * (N - 1)) - G}
+    cov = {k: sp.factor(sp.simplify((B * same + B * (B - 1) * c) / B**2)) for k, c in cross.items()}
+    ratio = sp.factor(sp.cancel(cov["without"] / cov["with"]))
+    second_moment, g_norm2 = sp.symbols(r"\mathbb{E}_n\|v_n\|^2 \|g\|^2", real=True)
+    return {"N": N, "M2": M2, "G": G, "Sigma": same, "cross": cross, "cov_with": cov["with"],
+            "cov_without": cov["without"], "ratio": ratio,
+            "trace_Sigma": same.subs({M2: second_moment, G: g_norm2}),
+            "second_moment": second_moment, "g_norm2": g_norm2}
 
 
 def _sym_matrix(name: str, d: int) -> sp.Matrix:
@@ -130,26 +245,26 @@ Lf = sp.Function("L")
 sf = sp.Function("s")
 
 
-def generator_1d(phi: sp.Expr, drift: sp.Expr, var: sp.Expr, v: sp.Symbol = y) -> sp.Expr:
-    """The generator ``G phi = b phi' + (1/2) sigma^2 phi''`` of ``dX = b dt + sigma dW`` in the variable ``v``."""
-    return drift * sp.diff(phi, v) + sp.Rational(1, 2) * var * sp.diff(phi, v, 2)
+def generator_1d(f: sp.Expr, drift: sp.Expr, var: sp.Expr, v: sp.Symbol = y) -> sp.Expr:
+    """The generator ``calL f = b f' + (1/2) sigma^2 f''`` of ``dX = b dt + sigma dW`` in the variable ``v``."""
+    return drift * sp.diff(f, v) + sp.Rational(1, 2) * var * sp.diff(f, v, 2)
 
 
 def dynkin_moments_1d(drift: sp.Expr, var: sp.Expr, order: int = 2) -> tuple[sp.Expr, sp.Expr]:
-    """First two moments of ``X_h - x`` for ``dX = b(X) dt + sigma(X) dW``, ``X_0 = x``, to ``O(h^order)``.
+    """First two moments of ``X_Dt - x`` for ``dX = b(X) dt + sigma(X) dW``, ``X_0 = x``, to ``O(Dt^order)``.
 
-    Dynkin's (Ito-Taylor) expansion ``E phi(X_h) = sum_{n <= order} h^n / n! (G^n phi)(x)`` applied
-    to ``phi = y - x`` and ``phi = (y - x)^2``; ``drift`` and ``var = sigma^2`` are expressions in
-    the symbol ``y`` (the state), evaluated at ``y = x`` at the end.
+    Dynkin's (Ito-Taylor) expansion ``E f(X_Dt) = sum_{n <= order} Dt^n / n! (calL^n f)(x)`` applied
+    to ``f = y - x`` and ``f = (y - x)^2``; ``drift`` and ``var = sigma^2`` are expressions in
+    the symbol ``y`` (the state), evaluated at ``y = x`` at the end. The step is the symbol :data:`Dt`.
     """
     if int(order) != order or order < 1:
         raise ValueError(f"order must be a positive integer, got {order}")
     out = []
-    for phi in (y - x, (y - x) ** 2):
-        total, term = sp.Integer(0), phi
+    for f in (y - x, (y - x) ** 2):
+        total, term = sp.Integer(0), f
         for n in range(1, order + 1):
             term = generator_1d(term, drift, var)
-            total += h**n / sp.factorial(n) * term
+            total += Dt**n / sp.factorial(n) * term
         out.append(sp.expand(total.subs(y, x).doit()))
     return out[0], out[1]
 
@@ -162,7 +277,7 @@ def sgd_moments_1d() -> tuple[sp.Expr, sp.Expr]:
 
 
 def one_step_moment_gap_1d(corrected: bool) -> dict[str, sp.Expr]:
-    """SDE minus SGD one-step moments, through ``O(eta^2)``, with ``h = eta``.
+    """SDE minus SGD one-step moments, through ``O(eta^2)``, with ``Dt = eta``.
 
     The SDE has diffusion ``sigma^2 = eta s(y) / B`` (``s`` the per-example gradient-noise
     variance, allowed to depend on the state) and drift ``-L'(y)`` (plain, ``corrected=False``)
@@ -176,7 +291,7 @@ def one_step_moment_gap_1d(corrected: bool) -> dict[str, sp.Expr]:
         drift = -sp.diff(Ly + eta / 4 * sp.diff(Ly, y) ** 2, y)
     var = eta * sf(y) / B
     m1, m2 = dynkin_moments_1d(drift, var, order=3)
-    m1, m2 = truncate(m1.subs(h, eta), eta, 2), truncate(m2.subs(h, eta), eta, 2)
+    m1, m2 = truncate(m1.subs(Dt, eta), eta, 2), truncate(m2.subs(Dt, eta), eta, 2)
     s1, s2 = sgd_moments_1d()
     return {"drift": drift, "sde_mean": m1, "sde_second": m2, "sgd_mean": s1, "sgd_second": s2,
             "mean_gap": sp.expand(m1 - s1), "second_gap": sp.expand(m2 - s2)}

@@ -147,7 +147,7 @@ def test_censored_exponential_mean_recovers_the_mean():
 
 def test_kramers_formula_and_validation():
     assert sde.kramers_escape_time(4.0, -1.0, 1.0, 0.5) == pytest.approx(np.pi * np.exp(2.0))
-    with pytest.raises(ValueError, match="k_saddle"):
+    with pytest.raises(ValueError, match="h_saddle"):
         sde.kramers_escape_time(4.0, 1.0, 1.0, 0.5)
     with pytest.raises(ValueError, match="temperature"):
         sde.kramers_escape_time(4.0, -1.0, 1.0, 0.0)
@@ -255,3 +255,38 @@ def test_curvature_dependent_noise_escapes_the_sharp_well_faster():
     with pytest.raises(ValueError, match="non-negative"):
         sde.simulate_escape(p.grad, cp["sharp"], cp["flat"], noise_var=lambda x: -np.ones_like(x),
                             rng=np.random.default_rng(6), **kw)
+
+
+# ------------------------------------------------------------------ transients of a linear SDE
+def test_linear_sde_moments_limits_and_ode():
+    A = H2
+    D = sde.sde_diffusion(0.2, SIGMA2, 2)
+    star, start = np.array([0.5, -1.0]), np.array([2.0, 1.0])
+    m, S = sde.linear_sde_moments(A, star, D, start, [0.0, 1e-3, 50.0])
+    np.testing.assert_allclose(m[0], start)
+    np.testing.assert_allclose(S[0], 0.0, atol=1e-14)
+    np.testing.assert_allclose(m[2], star, atol=1e-10)
+    np.testing.assert_allclose(S[2], sde.stationary_cov_ou(A, 0.2, SIGMA2, 2), rtol=1e-8)
+    # S' = -A S - S A^T + D at t = 0 (central difference between tiny times)
+    _, S2 = sde.linear_sde_moments(A, star, D, start, [1e-4, 3e-4])
+    np.testing.assert_allclose((S2[1] - S2[0]) / 2e-4, D - A @ S2[0] - S2[0] @ A.T - (A @ (S2[1] - S2[0]) + (S2[1] - S2[0]) @ A.T) / 2, atol=1e-3)
+    with pytest.raises(ValueError, match="stable"):
+        sde.linear_sde_moments(-A, star, D, start, [1.0])
+
+
+def test_path_averages_follow_the_exact_moments():
+    A = H2
+    D = sde.sde_diffusion(0.2, SIGMA2, 2)
+    star, start = np.array([0.5, -1.0]), np.array([2.0, 1.0])
+    rng = np.random.default_rng(4)
+    obs = lambda th: np.column_stack([th, th[:, 0] ** 2])  # noqa: E731
+    pa = sde.simulate_path_averages(lambda th: -(th - star) @ A.T, np.tile(start, (4000, 1)), dt=0.005, diffusion=D,
+                                    n_steps=400, record_every=100, observables=obs, rng=rng)
+    assert pa.times.shape == (5,) and pa.mean.shape == (5, 3) and pa.times[-1] == pytest.approx(2.0)
+    m, S = sde.linear_sde_moments(A, star, D, start, pa.times)
+    ref = np.column_stack([m, S[:, 0, 0] + m[:, 0] ** 2])
+    z = np.abs(pa.mean[1:] - ref[1:]) / pa.stderr[1:]
+    assert z.max() < 4.5
+    with pytest.raises(ValueError, match="record_every"):
+        sde.simulate_path_averages(lambda th: th, np.zeros((2, 2)), dt=0.1, diffusion=np.eye(2), n_steps=3,
+                                   record_every=0, observables=obs, rng=rng)

@@ -46,7 +46,7 @@ def test_euler_maruyama_step_with_dt_eta_has_sgd_moments():
 
 
 def test_dynkin_expansion_reproduces_the_exact_ou_moments():
-    k, s2, hh = sp.Symbol("k", positive=True), sp.Symbol("sigma2", positive=True), S.h
+    k, s2, hh = sp.Symbol("k", positive=True), sp.Symbol("sigma2", positive=True), S.Dt
     m1, m2 = S.dynkin_moments_1d(-k * S.y, s2 + 0 * S.y, order=3)
     x = S.x
     exact_m1 = x * (sp.exp(-k * hh) - 1)
@@ -140,3 +140,53 @@ def test_gap_series_numerically():
         ser = np.array(g["gap"].subs(_num_subs(g["H"], g["Sigma"], vals) | {eta: e, B: 1}).evalf(), dtype=float)
         errs.append(np.abs(num - ser).max())
     assert errs[0] / errs[1] > 12  # the remainder is O(eta^4)
+
+
+def test_ito_lemma_matches_the_generator_and_a_known_case():
+    x1, x2 = sp.symbols("x1 x2", real=True)
+    f = sp.Function("f")(x1, x2)
+    b = sp.Matrix(sp.symbols("b1 b2", real=True))
+    F = sp.Matrix(2, 3, sp.symbols("F1:7", real=True))      # more noise sources than dimensions
+    out = S.ito_lemma(f, [x1, x2], b, F)
+    assert out["check"] == 0
+    grad = sp.Matrix([sp.diff(f, x1), sp.diff(f, x2)])
+    assert (out["noise_terms"] - (F.T * grad)).applyfunc(sp.expand) == sp.zeros(3, 1)
+    # geometric Brownian motion: d log X = (mu - s^2/2) dt + s dW
+    X, mu, s = sp.symbols("X mu s", positive=True)
+    gbm = S.ito_lemma(sp.log(X), [X], sp.Matrix([mu * X]), sp.Matrix([[s * X]]))
+    assert _zero(gbm["drift_term"] - (mu - s**2 / 2))
+    assert _zero(gbm["noise_terms"][0] - s)
+    with pytest.raises(ValueError, match="drift"):
+        S.ito_lemma(f, [x1, x2], sp.Matrix([1]), F)
+
+
+def test_task_loss_ito_and_a_quadratic_instance():
+    out = S.task_loss_ito(2)
+    assert all(d == 0 for d in out["differences"])
+    # quadratic tasks: the noise term is (eta/2) tr(H_i Sigma) with H_i the constant Hessian
+    th = out["theta"]
+    L0 = sp.Rational(3, 2) * th[0] ** 2 + th[0] * th[1] + th[1] ** 2 / 2
+    sub = {out["losses"][0]: L0}
+    term = out["claimed"][0].subs(sub).doit()
+    noise = sp.expand(term).coeff(eta)
+    Hq = sp.hessian(L0, th)
+    assert _zero(noise - (Hq * out["Sigma_omega"]).trace() / 2)
+    with pytest.raises(ValueError, match="n_tasks"):
+        S.task_loss_ito(0)
+
+
+def test_minibatch_covariance_symbolic_and_numeric():
+    out = S.minibatch_covariance()
+    N, M2, G = out["N"], out["M2"], out["G"]
+    assert _zero(out["cov_with"] - (M2 - G) / B)
+    assert _zero(sp.cancel(out["ratio"] - (N - B) / (N - 1)))
+    assert out["cov_without"].subs(B, N) == 0          # the whole data set: no noise
+    assert _zero(sp.cancel(out["cov_without"].subs(B, 1) - (M2 - G)))
+    # brute force on a small data set: enumerate every ordered batch of 2 distinct examples
+    import itertools
+    v = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [-1.0, 1.0]])
+    means = np.array([(v[a] + v[b]) / 2 for a, b in itertools.permutations(range(4), 2)])
+    emp = np.cov(means.T, bias=True)
+    Sig = np.cov(v.T, bias=True)
+    ratio = float(out["ratio"].subs({N: 4, B: 2}))
+    np.testing.assert_allclose(emp, ratio * Sig / 2, atol=1e-12)
