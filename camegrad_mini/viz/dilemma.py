@@ -1,12 +1,15 @@
 """Figures, widgets and kernel-free sweeps for chapter 3 (the Double Dilemma).
 
-Three interactive views, each with a static twin for the site:
+Four interactive views, each with a static twin for the site:
 
 * the **vector picture** (:func:`vector_figure`, :func:`vector_widget`, :func:`vector_sweep`):
   two task gradients, their weighted sum, and where that point sits in the drift-deviation region;
 * the **landscape** (:func:`landscape_figure`, :func:`landscape_widget`, :func:`landscape_sweep`):
   two quadratic tasks, their Pareto set, noisy LS trajectories over seeds, one-step noise ellipses,
   and the joint gradient's energy over time;
+* the **angle picture** (:func:`angle_figure`, :func:`angle_widget`, :func:`angle_sweep`): the
+  conflict angle on a slider; the drift's energy against ``tr Sigma_w`` of each noise kind, and the
+  covariance ellipse of the weighted noise for each kind;
 * the **sharp and flat wells** (:func:`wells_figure`, :func:`wells_widget`,
   :func:`wells_small_multiples`): noisy LS started in a sharp minimum, and how many seeds escape.
 
@@ -25,7 +28,7 @@ from matplotlib.animation import FuncAnimation
 from matplotlib.patches import Ellipse
 from matplotlib.ticker import NullFormatter
 
-from .. import dilemma as D
+from .. import dilemma
 from ..problems import SharpFlatWells
 
 __all__ = [
@@ -44,6 +47,10 @@ __all__ = [
     "wells_widget",
     "wells_small_multiples",
     "plot_escape_counts",
+    "angle_figure",
+    "angle_widget",
+    "angle_sweep",
+    "plot_kappa_decomposition",
 ]
 
 TASK_COLORS = ("tab:blue", "tab:orange")
@@ -72,20 +79,20 @@ def _to_html(fig, draw, values, dpi: int, interval: int):
 # ----------------------------------------------------------------------------------------------
 def plot_energy_ratio_map(n: int = 181):
     """Energy ratio ``|g_joint|^2 / (w_0^2|g_0|^2 + w_1^2|g_1|^2)`` over (conflict angle, weighted
-    magnitude ratio rho), with the drift-deviation boundary ``cos(theta) = -min(rho, 1/rho)``."""
-    theta = np.linspace(0, np.pi, n)
-    log_rho = np.linspace(-1.5, 1.5, n)
-    T, LR = np.meshgrid(theta, log_rho)
-    E = D.energy_ratio_closed_form(T, 10**LR)
+    magnitude ratio gamma_w), with the drift-deviation boundary ``cos(phi) = -min(gamma_w, 1/gamma_w)``."""
+    phi = np.linspace(0, np.pi, n)
+    log_gamma_w = np.linspace(-1.5, 1.5, n)
+    T, LR = np.meshgrid(phi, log_gamma_w)
+    E = dilemma.energy_ratio_closed_form(T, 10**LR)
     fig, ax = plt.subplots(figsize=(6.2, 4.0))
     im = ax.pcolormesh(np.degrees(T), LR, E, cmap="RdBu", vmin=0, vmax=2, shading="auto")
     cs = ax.contour(np.degrees(T), LR, E, levels=[0.25, 0.5, 0.75, 1.0, 1.5], colors="k", linewidths=0.6)
     ax.clabel(cs, fontsize=7, fmt="%.2f")
-    rho = 10**log_rho
-    ax.plot(np.degrees(np.arccos(-np.minimum(rho, 1 / rho))), log_rho, "k--", lw=2,
-            label=r"deviation boundary $\cos\theta=-\min(\rho,1/\rho)$")
-    ax.set_xlabel(r"conflict angle $\theta$ between $g_0$ and $g_1$ (degrees)")
-    ax.set_ylabel(r"$\log_{10}\rho,\ \rho=\omega_1\|g_1\|/(\omega_0\|g_0\|)$")
+    gamma_w = 10**log_gamma_w
+    ax.plot(np.degrees(np.arccos(-np.minimum(gamma_w, 1 / gamma_w))), log_gamma_w, "k--", lw=2,
+            label=r"deviation boundary $\cos\varphi=-\min(\gamma_\omega,1/\gamma_\omega)$")
+    ax.set_xlabel(r"conflict angle $\varphi$ between $g_0$ and $g_1$ (degrees)")
+    ax.set_ylabel(r"$\log_{10}\gamma_\omega,\ \gamma_\omega=\omega_1\|g_1\|/(\omega_0\|g_0\|)$")
     ax.set_title("joint-gradient energy ratio (colour); drift deviates right of the dashed line", fontsize=9)
     fig.colorbar(im, ax=ax, label="energy ratio")
     ax.legend(loc="lower left", fontsize=8)
@@ -99,18 +106,18 @@ def plot_diffusion_curves():
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     c = np.linspace(-1, 1, 201)
     for w, s1 in ((0.5, 1.0), (0.8, 1.0), (0.8, 0.25)):
-        var = D.weighted_noise_variance(D.two_task_weights(w), np.array([1.0, s1]), c)
-        a.plot(c, var, label=rf"$\omega=({1-w:.1f},{w:.1f})$, $s_1/s_0={s1:g}$")
+        var = dilemma.weighted_noise_variance(dilemma.two_task_weights(w), np.array([1.0, s1]), c)
+        a.plot(c, var, label=rf"$\omega=({1-w:.1f},{w:.1f})$, $\sigma_1/\sigma_0={s1:g}$")
     a.set_xlabel(r"cross-task noise correlation $c$")
-    a.set_ylabel(r"Var$(\omega_0\xi_0+\omega_1\xi_1)$ per coordinate ($s_0=1$)")
+    a.set_ylabel(r"Var$(\omega_0\xi_0+\omega_1\xi_1)$ per coordinate ($\sigma_0=1$)")
     a.set_title("additive noise: decays as c → −1; no angle in sight", fontsize=9)
     a.legend(fontsize=7)
-    theta = np.linspace(0, np.pi, 181)
-    w = D.two_task_weights(0.5)
+    phi = np.linspace(0, np.pi, 181)
+    w = dilemma.two_task_weights(0.5)
     for cc in (-1.0, 0.0, 0.5, 1.0):
-        tr = w[0] ** 2 + w[1] ** 2 + 2 * cc * w[0] * w[1] * np.cos(theta)  # sigma = |g_i| = 1
-        b.plot(np.degrees(theta), tr, label=f"c = {cc:g}" + ("  (= energy)" if cc == 1 else ""))
-    b.set_xlabel(r"conflict angle $\theta$ (degrees)")
+        tr = w[0] ** 2 + w[1] ** 2 + 2 * cc * w[0] * w[1] * np.cos(phi)  # sigma = |g_i| = 1
+        b.plot(np.degrees(phi), tr, label=f"c = {cc:g}" + ("  (= energy)" if cc == 1 else ""))
+    b.set_xlabel(r"conflict angle $\varphi$ (degrees)")
     b.set_ylabel(r"tr Cov (weighted noise), $\sigma=\|g_i\|=1$")
     b.set_title(r"gradient-aligned noise $\xi_i=\sigma\zeta_i g_i$, $\omega=(0.5,0.5)$", fontsize=9)
     b.legend(fontsize=7)
@@ -118,18 +125,18 @@ def plot_diffusion_curves():
     return fig
 
 
-def plot_deviation_region(r_values=(1.0, 3.0, 10.0), n: int = 241, mark=None):
-    """Small multiples over the magnitude ratio ``r``: the (angle, weight) region where
+def plot_deviation_region(gamma_values=(1.0, 3.0, 10.0), n: int = 241, mark=None):
+    """Small multiples over the magnitude ratio ``gamma``: the (angle, weight) region where
     ``<g_joint, g_i> < 0`` for some task, shaded from *direct* inner products on a grid, with the
-    closed-form thresholds ``w_lo``, ``w_hi`` drawn on top. ``mark=(theta, w, r)`` adds a point
-    to the panel with that ``r``."""
-    r_values = list(r_values)
-    theta = np.linspace(0, np.pi, n)
+    closed-form thresholds ``w_lo``, ``w_hi`` drawn on top. ``mark=(phi, w, gamma)`` adds a point
+    to the panel with that ``gamma``."""
+    gamma_values = list(gamma_values)
+    phi = np.linspace(0, np.pi, n)
     wgrid = np.linspace(0, 1, n)
-    fig, axes = plt.subplots(1, len(r_values), figsize=(3.3 * len(r_values), 3.2), sharey=True, squeeze=False)
-    for ax, r in zip(axes[0], r_values):
-        T, W = np.meshgrid(theta, wgrid)
-        G = D.polar_gradients(T, r)  # (n, n, 2, 2)
+    fig, axes = plt.subplots(1, len(gamma_values), figsize=(3.3 * len(gamma_values), 3.2), sharey=True, squeeze=False)
+    for ax, gamma in zip(axes[0], gamma_values):
+        T, W = np.meshgrid(phi, wgrid)
+        G = dilemma.polar_gradients(T, gamma)  # (n, n, 2, 2)
         w_stack = np.stack([1 - W, W], -1)
         gj = (G * w_stack[..., None]).sum(-2)
         al = np.einsum("...ij,...j->...i", G, gj)
@@ -137,15 +144,15 @@ def plot_deviation_region(r_values=(1.0, 3.0, 10.0), n: int = 241, mark=None):
         code = np.where(hurt0, 1.0, np.where(hurt1, 2.0, 0.0))
         ax.contourf(np.degrees(T), W, code, levels=[-0.5, 0.5, 1.5, 2.5],
                     colors=["white", "#9ecae1", "#fdd0a2"])
-        w_lo, w_hi = D.deviation_weight_thresholds(theta, r)
-        conf = np.cos(theta) < 0
-        ax.plot(np.degrees(theta[conf]), w_lo[conf], "k-", lw=1.2)
-        ax.plot(np.degrees(theta[conf]), w_hi[conf], "k--", lw=1.2)
+        w_lo, w_hi = dilemma.deviation_weight_thresholds(phi, gamma)
+        conf = np.cos(phi) < 0
+        ax.plot(np.degrees(phi[conf]), w_lo[conf], "k-", lw=1.2)
+        ax.plot(np.degrees(phi[conf]), w_hi[conf], "k--", lw=1.2)
         ax.axvline(90, color="grey", lw=0.6, ls=":")
-        frac = D.deviation_area_fraction(r)
-        ax.set_title(f"r = |g1|/|g0| = {r:g}; deviating area {frac:.2f}", fontsize=9)
-        ax.set_xlabel(r"conflict angle $\theta$ (degrees)")
-        if mark is not None and np.isclose(mark[2], r):
+        frac = dilemma.deviation_area_fraction(gamma)
+        ax.set_title(rf"$\gamma=\|g_1\|/\|g_0\|$ = {gamma:g}; deviating area {frac:.2f}", fontsize=9)
+        ax.set_xlabel(r"conflict angle $\varphi$ (degrees)")
+        if mark is not None and np.isclose(mark[2], gamma):
             ax.plot(np.degrees(mark[0]), mark[1], "k*", ms=12)
     axes[0, 0].set_ylabel(r"task-1 weight $w$  ($\omega=(1-w,w)$)")
     axes[0, 0].text(3, 0.9, "blue: task 0 hurt\norange: task 1 hurt\nsolid $w_{lo}$, dashed $w_{hi}$",
@@ -157,16 +164,16 @@ def plot_deviation_region(r_values=(1.0, 3.0, 10.0), n: int = 241, mark=None):
 # ----------------------------------------------------------------------------------------------
 # 1. the vector picture
 # ----------------------------------------------------------------------------------------------
-def _draw_vectors(axes, theta: float, w: float, r: float) -> None:
+def _draw_vectors(axes, phi: float, w: float, gamma: float) -> None:
     a, b = axes
     a.clear()
     b.clear()
-    G = D.polar_gradients(theta, r)
-    wts = D.two_task_weights(w)
-    gj = D.joint_gradient(G, wts)
-    al = D.task_alignment(G, wts)
-    ratio = float(D.energy_ratio(G, wts))
-    lim = 1.15 * max(1.0, r)
+    G = dilemma.polar_gradients(phi, gamma)
+    wts = dilemma.two_task_weights(w)
+    gj = dilemma.joint_gradient(G, wts)
+    al = dilemma.task_alignment(G, wts)
+    ratio = float(dilemma.energy_ratio(G, wts))
+    lim = 1.15 * max(1.0, gamma)
     for i in range(2):
         a.annotate("", xy=G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.2, alpha=0.5))
         a.annotate("", xy=wts[i] * G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=TASK_COLORS[i], lw=2.2))
@@ -180,53 +187,53 @@ def _draw_vectors(axes, theta: float, w: float, r: float) -> None:
     a.axvline(0, color="grey", lw=0.5)
     a.set_xlabel("gradient coordinate 1")
     a.set_ylabel("gradient coordinate 2")
-    a.set_title(rf"$\theta$={np.degrees(theta):.0f}°, w={w:.2f}, r={r:.2f}: energy ratio {ratio:.2f}, "
+    a.set_title(rf"$\varphi$={np.degrees(phi):.0f}°, w={w:.2f}, $\gamma$={gamma:.2f}: energy ratio {ratio:.2f}, "
                 + ("deviation" if (al < 0).any() else "no deviation"), fontsize=9)
-    theta_g = np.linspace(0, np.pi, 181)
-    w_lo, w_hi = D.deviation_weight_thresholds(theta_g, r)
-    conf = np.cos(theta_g) < 0
-    b.fill_between(np.degrees(theta_g), 0, np.where(conf, w_lo, 0), color="#fdd0a2", label="task 1 hurt")
-    b.fill_between(np.degrees(theta_g), np.where(conf, w_hi, 1), 1, color="#9ecae1", label="task 0 hurt")
-    b.plot(np.degrees(theta), w, "k*", ms=13)
+    phi_g = np.linspace(0, np.pi, 181)
+    w_lo, w_hi = dilemma.deviation_weight_thresholds(phi_g, gamma)
+    conf = np.cos(phi_g) < 0
+    b.fill_between(np.degrees(phi_g), 0, np.where(conf, w_lo, 0), color="#fdd0a2", label="task 1 hurt")
+    b.fill_between(np.degrees(phi_g), np.where(conf, w_hi, 1), 1, color="#9ecae1", label="task 0 hurt")
+    b.plot(np.degrees(phi), w, "k*", ms=13)
     b.set_xlim(0, 180)
     b.set_ylim(0, 1)
-    b.set_xlabel(r"conflict angle $\theta$ (degrees)")
+    b.set_xlabel(r"conflict angle $\varphi$ (degrees)")
     b.set_ylabel("task-1 weight w")
-    b.set_title(f"deviation region at r = {r:.2f}", fontsize=9)
+    b.set_title(rf"deviation region at $\gamma$ = {gamma:.2f}", fontsize=9)
     b.legend(fontsize=8, loc="center left")
 
 
-def vector_figure(theta: float = np.radians(120), w: float = 0.8, r: float = 1.0):
-    """The two task gradients (thin), weighted (thick), their sum, and the (theta, w) region."""
+def vector_figure(phi: float = np.radians(120), w: float = 0.8, gamma: float = 1.0):
+    """The two task gradients (thin), weighted (thick), their sum, and the (phi, w) region."""
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
-    _draw_vectors(axes, theta, w, r)
+    _draw_vectors(axes, phi, w, gamma)
     fig.tight_layout()
     return fig
 
 
-def vector_widget(theta_deg: float = 120.0, w: float = 0.8, r: float = 1.0):
+def vector_widget(phi_deg: float = 120.0, w: float = 0.8, gamma: float = 1.0):
     """Sliders for the conflict angle (degrees), the weight of task 1 and the magnitude ratio."""
     import ipywidgets as W
 
-    def show(theta_deg, w, r):
-        vector_figure(np.radians(theta_deg), w, r)
+    def show(phi_deg, w, gamma):
+        vector_figure(np.radians(phi_deg), w, gamma)
         plt.show()
 
     return W.interactive(
         show,
-        theta_deg=W.FloatSlider(value=theta_deg, min=0, max=180, step=5, description="angle (°)", continuous_update=False),
+        phi_deg=W.FloatSlider(value=phi_deg, min=0, max=180, step=5, description="angle (°)", continuous_update=False),
         w=W.FloatSlider(value=w, min=0, max=1, step=0.05, description="weight w", continuous_update=False),
-        r=W.FloatLogSlider(value=r, base=10, min=-1, max=1, step=0.05, description="|g1|/|g0|", continuous_update=False),
+        gamma=W.FloatLogSlider(value=gamma, base=10, min=-1, max=1, step=0.05, description="γ=|g1|/|g0|", continuous_update=False),
     )
 
 
-def vector_sweep(thetas_deg=np.arange(90, 181, 5), w: float = 0.8, r: float = 1.0, dpi: int = 70):
+def vector_sweep(phis_deg=np.arange(90, 181, 5), w: float = 0.8, gamma: float = 1.0, dpi: int = 70):
     """Kernel-free form of :func:`vector_widget`: one frame per conflict angle."""
-    vals = _check_frames(thetas_deg)
+    vals = _check_frames(phis_deg)
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
 
     def draw(t):
-        _draw_vectors(axes, np.radians(t), w, r)
+        _draw_vectors(axes, np.radians(t), w, gamma)
         fig.tight_layout()
 
     draw(vals[0])
@@ -234,30 +241,148 @@ def vector_sweep(thetas_deg=np.arange(90, 181, 5), w: float = 0.8, r: float = 1.
 
 
 # ----------------------------------------------------------------------------------------------
+# 1b. the angle picture: drift energy against the diffusion of each noise kind
+# ----------------------------------------------------------------------------------------------
+KIND_COLORS = {"isotropic": "tab:green", "hessian": "tab:purple", "gradient": "tab:red"}
+KIND_LABELS = {"isotropic": "isotropic", "hessian": "curvature-shaped", "gradient": "gradient-aligned"}
+ANGLE_DEFAULTS = dict(gamma=1.0, w=0.5, corr=0.5, sigma=1.0)
+
+
+def _angle_axes(figsize=(9.6, 5.6)):
+    fig = plt.figure(figsize=figsize)
+    gs = fig.add_gridspec(2, 3, height_ratios=[1.05, 1])
+    return fig, (fig.add_subplot(gs[0, 0]), fig.add_subplot(gs[0, 1:]),
+                 *(fig.add_subplot(gs[1, j]) for j in range(3)))
+
+
+def _draw_angle(axes, phi_deg: float, gamma: float, w: float, corr: float, sigma: float = 1.0) -> None:
+    vec, curves, *ell = axes
+    for ax in axes:
+        ax.clear()
+    wts = dilemma.two_task_weights(w)
+    grid = dilemma.angle_diffusion(np.radians(np.linspace(0, 180, 181)), gamma, wts, sigma, corr)
+    here = dilemma.angle_diffusion(np.radians(phi_deg), gamma, wts, sigma, corr)
+    G, gj = here.grads[0], here.g_joint[0]
+    lim = 1.15 * max(1.0, gamma)
+    for i in range(2):
+        vec.annotate("", xy=G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.0, alpha=0.5))
+        vec.annotate("", xy=wts[i] * G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=TASK_COLORS[i], lw=2.0))
+        vec.text(*(1.06 * G[i]), f"$g_{i}$", color=TASK_COLORS[i], fontsize=9)
+    vec.annotate("", xy=gj, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="k", lw=2.4))
+    vec.text(*(gj + 0.05 * lim), r"$g_{joint}$", fontsize=9)
+    vec.set_xlim(-lim, lim)
+    vec.set_ylim(-0.3 * lim, lim)
+    vec.set_aspect("equal")
+    vec.axhline(0, color="grey", lw=0.5)
+    vec.set_xlabel("coordinate 1")
+    vec.set_ylabel("coordinate 2")
+    vec.set_title(rf"$\varphi$={phi_deg:.0f}°, $\gamma$={gamma:.2f}, w={w:.2f}", fontsize=9)
+    deg = np.degrees(grid.phi)
+    curves.plot(deg, sigma**2 * grid.energy, "k-", lw=2.4, label=r"drift energy $\sigma^2\|g_{joint}\|^2$")
+    for kind, tr in grid.trace.items():
+        curves.plot(deg, tr, "-", color=KIND_COLORS[kind], lw=1.6,
+                    label=rf"tr $\Sigma_\omega$, {KIND_LABELS[kind]}: {grid.trend(kind)}")
+        curves.plot(phi_deg, here.trace[kind][0], "o", color=KIND_COLORS[kind], ms=6)
+    curves.plot(phi_deg, sigma**2 * here.energy[0], "ko", ms=6)
+    curves.axvline(phi_deg, color="grey", lw=0.8, ls=":")
+    curves.axvspan(90, 180, color="0.93", zorder=0)
+    top = max(float(sigma**2 * grid.energy.max()), *(float(t.max()) for t in grid.trace.values()))
+    curves.set_xlim(0, 180)
+    curves.set_ylim(0, 1.55 * top)
+    curves.set_xlabel(r"conflict angle $\varphi$ (degrees; shaded: conflict)")
+    curves.set_ylabel("energy / total noise variance")
+    curves.set_title(f"noise correlation c = {corr:+.2f}: does the diffusion follow the energy?", fontsize=9)
+    curves.legend(fontsize=7, loc="upper right", ncol=1)
+    span = 2.2 * np.sqrt(max(float(np.max([t.max() for t in grid.trace.values()])), 1e-9))
+    for ax, (kind, cov) in zip(ell, here.cov.items()):
+        C = cov[0]
+        width, height, angle = (float(v) for v in dilemma.ellipse_axes(C, 2.0))
+        ax.add_patch(Ellipse((0, 0), width, height, angle=angle, fc=KIND_COLORS[kind], ec=KIND_COLORS[kind],
+                             alpha=0.35, lw=1.5))
+        if height < 1e-3 * span:  # rank one: draw the segment, a flat ellipse would vanish
+            u = np.array([np.cos(np.radians(angle)), np.sin(np.radians(angle))]) * width / 2
+            ax.plot([-u[0], u[0]], [-u[1], u[1]], "-", color=KIND_COLORS[kind], lw=2.5)
+        if np.linalg.norm(gj) > 0:
+            d = gj / np.linalg.norm(gj) * 0.9 * span
+            ax.annotate("", xy=d, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="k", lw=1.0, alpha=0.6))
+        ax.set_xlim(-span, span)
+        ax.set_ylim(-span, span)
+        ax.set_aspect("equal")
+        ax.set_xlabel("noise, coordinate 1")
+        ax.set_title(f"{KIND_LABELS[kind]}: tr Σ_ω = {float(np.trace(C)):.3f}", fontsize=9)
+    ell[0].set_ylabel("noise, coordinate 2")
+
+
+def angle_figure(phi_deg: float = 120.0, **params):
+    """The angle picture: the weighted gradients and ``g_joint`` (top left); over all conflict
+    angles, the drift energy ``sigma^2 |g_joint|^2`` and ``tr Sigma_w`` of each noise kind, with the
+    current angle marked (top right); and the 2-s.d. ellipse of ``Sigma_w`` for each kind at the
+    current angle, ``g_joint``'s direction as an arrow (bottom). ``params``: ``gamma``, ``w``,
+    ``corr``, ``sigma`` (defaults ``ANGLE_DEFAULTS``)."""
+    p = {**ANGLE_DEFAULTS, **params}
+    fig, axes = _angle_axes()
+    _draw_angle(axes, phi_deg, **p)
+    fig.tight_layout()
+    return fig
+
+
+def angle_widget(phi_deg: float = 120.0, **initial):
+    """Sliders: conflict angle, magnitude ratio gamma, weight w and the noises' correlation c."""
+    import ipywidgets as W
+
+    p = {**ANGLE_DEFAULTS, **initial}
+
+    def show(phi_deg, gamma, w, corr):
+        angle_figure(phi_deg, gamma=gamma, w=w, corr=corr, sigma=p["sigma"])
+        plt.show()
+
+    cu = dict(continuous_update=False)
+    return W.interactive(
+        show,
+        phi_deg=W.FloatSlider(value=phi_deg, min=0, max=180, step=5, description="angle φ (°)", **cu),
+        gamma=W.FloatLogSlider(value=p["gamma"], base=10, min=-1, max=1, step=0.05, description="γ=|g1|/|g0|", **cu),
+        w=W.FloatSlider(value=p["w"], min=0, max=1, step=0.05, description="weight w", **cu),
+        corr=W.FloatSlider(value=p["corr"], min=-1, max=1, step=0.1, description="noise corr c", **cu),
+    )
+
+
+def angle_sweep(phis_deg=np.arange(0.0, 181.0, 20.0), dpi: int = 60, **params):
+    """Kernel-free form of :func:`angle_widget`: one frame per conflict angle."""
+    vals = _check_frames(phis_deg)
+    p = {**ANGLE_DEFAULTS, **params}
+    fig, axes = _angle_axes()
+
+    def draw(v):
+        _draw_angle(axes, v, **p)
+        fig.tight_layout()
+
+    draw(vals[0])
+    return _to_html(fig, draw, vals, dpi, interval=600)
+
+
+# ----------------------------------------------------------------------------------------------
 # 2. the two-task landscape with noisy LS
 # ----------------------------------------------------------------------------------------------
 def _ellipse(ax, center, cov, n_sd: float = 2.0, **kw) -> None:
-    vals, vecs = np.linalg.eigh(cov)
-    vals = np.clip(vals, 0, None)
-    angle = np.degrees(np.arctan2(vecs[1, 1], vecs[0, 1]))
-    ax.add_patch(Ellipse(center, 2 * n_sd * np.sqrt(vals[1]), 2 * n_sd * np.sqrt(vals[0]), angle=angle, **kw))
+    width, height, angle = dilemma.ellipse_axes(cov, n_sd)
+    ax.add_patch(Ellipse(center, float(width), float(height), angle=float(angle), **kw))
 
 
-def landscape_run(theta0_deg=120.0, w=0.5, sigma=0.5, corr=0.0, lr=0.1, steps=60, condition=1.0,
+def landscape_run(phi0_deg=120.0, w=0.5, sigma=0.5, corr=0.0, lr=0.1, steps=60, condition=1.0,
                   kind="isotropic", n_seeds=32, seed=0):
     """The problem, weights, noise and :class:`~camegrad_mini.dilemma.LSRun` behind the landscape view."""
-    prob = D.conflict_pair(np.radians(theta0_deg), condition=condition)
-    wts = D.two_task_weights(w)
-    noise = D.TaskNoise(sigma=sigma, corr=corr, kind=kind)
-    run = D.simulate_ls(prob, wts, noise, lr=lr, steps=int(steps), x0=(0.0, 0.0), n_seeds=n_seeds, seed=seed)
+    prob = dilemma.conflict_pair(np.radians(phi0_deg), condition=condition)
+    wts = dilemma.two_task_weights(w)
+    noise = dilemma.TaskNoise(sigma=sigma, corr=corr, kind=kind)
+    run = dilemma.simulate_ls(prob, wts, noise, lr=lr, steps=int(steps), x0=(0.0, 0.0), n_seeds=n_seeds, seed=seed)
     return prob, wts, noise, run
 
 
-def _draw_landscape(axes, theta0_deg, w, sigma, corr, lr, steps, condition, kind, n_seeds, seed) -> None:
+def _draw_landscape(axes, phi0_deg, w, sigma, corr, lr, steps, condition, kind, n_seeds, seed) -> None:
     a, b, c = axes
     for ax in axes:
         ax.clear()
-    prob, wts, noise, run = landscape_run(theta0_deg, w, sigma, corr, lr, steps, condition, kind, n_seeds, seed)
+    prob, wts, noise, run = landscape_run(phi0_deg, w, sigma, corr, lr, steps, condition, kind, n_seeds, seed)
     xg, yg = np.meshgrid(np.linspace(-1.6, 1.6, 121), np.linspace(-0.9, 1.6, 101))
     Lg = prob.weighted_loss(np.stack([xg, yg], -1), wts)
     a.contour(xg, yg, Lg, levels=np.quantile(Lg, np.linspace(0.02, 0.9, 12)), colors="grey", linewidths=0.5)
@@ -276,7 +401,7 @@ def _draw_landscape(axes, theta0_deg, w, sigma, corr, lr, steps, condition, kind
         _ellipse(a, mean[k], cov, 2.0, fc="tab:purple", ec="tab:purple", alpha=0.3)
     a.plot([], [], "o", color="tab:purple", alpha=0.5, label="2 s.d., one step's noise")
     if sigma > 0 and lr * np.linalg.eigvalsh(np.einsum("t,tij->ij", wts, prob.hessians)).max() < 2:
-        _ellipse(a, star, D.stationary_cov(prob, wts, noise, lr), 2.0, fc="none", ec="tab:red", lw=1.5)
+        _ellipse(a, star, dilemma.stationary_cov(prob, wts, noise, lr), 2.0, fc="none", ec="tab:red", lw=1.5)
         a.plot([], [], "o", mfc="none", mec="tab:red", label="2 s.d., stationary spread")
     a.set_xlim(-1.6, 1.6)
     a.set_ylim(-0.9, 1.6)
@@ -295,7 +420,7 @@ def _draw_landscape(axes, theta0_deg, w, sigma, corr, lr, steps, condition, kind
     b.legend(fontsize=8)
     b.set_title("joint-gradient energy over time (mean over seeds)", fontsize=9.5)
     c.plot(k, np.nanmean(run.energy_ratio(observed=False), 0), "k-", label="energy ratio (drift)")
-    c.plot(k, np.nanmean(D.gradient_cosine(run.grads), 0), "-", color="tab:brown", label=r"$\cos\theta$ (drift)")
+    c.plot(k, np.nanmean(dilemma.gradient_cosine(run.grads), 0), "-", color="tab:brown", label=r"$\cos\varphi$ (drift)")
     c.axhline(0, color="grey", lw=0.5)
     c.set_ylim(-1.05, 2.05)
     c.set_xlabel("step")
@@ -308,7 +433,7 @@ def _landscape_axes(figsize=(9.5, 4.3)):
     return fig, (fig.add_subplot(gs[:, 0]), fig.add_subplot(gs[0, 1]), fig.add_subplot(gs[1, 1]))
 
 
-LANDSCAPE_DEFAULTS = dict(theta0_deg=120.0, w=0.5, sigma=0.5, corr=0.0, lr=0.1, steps=60, condition=1.0,
+LANDSCAPE_DEFAULTS = dict(phi0_deg=120.0, w=0.5, sigma=0.5, corr=0.0, lr=0.1, steps=60, condition=1.0,
                           kind="isotropic", n_seeds=32, seed=0)
 
 
@@ -328,19 +453,19 @@ def landscape_widget(**initial):
 
     p = {**LANDSCAPE_DEFAULTS, **initial}
 
-    def show(theta0_deg, w, sigma, corr, kind, condition, lr, steps):
-        landscape_figure(theta0_deg=theta0_deg, w=w, sigma=sigma, corr=corr, kind=kind, condition=condition,
+    def show(phi0_deg, w, sigma, corr, kind, condition, lr, steps):
+        landscape_figure(phi0_deg=phi0_deg, w=w, sigma=sigma, corr=corr, kind=kind, condition=condition,
                          lr=lr, steps=steps, n_seeds=p["n_seeds"], seed=p["seed"])
         plt.show()
 
     cu = dict(continuous_update=False)
     return W.interactive(
         show,
-        theta0_deg=W.FloatSlider(value=p["theta0_deg"], min=0, max=180, step=5, description="start angle", **cu),
+        phi0_deg=W.FloatSlider(value=p["phi0_deg"], min=0, max=180, step=5, description="start angle φ₀", **cu),
         w=W.FloatSlider(value=p["w"], min=0, max=1, step=0.05, description="weight w", **cu),
         sigma=W.FloatSlider(value=p["sigma"], min=0, max=3, step=0.1, description="noise σ", **cu),
         corr=W.FloatSlider(value=p["corr"], min=-1, max=1, step=0.1, description="noise corr c", **cu),
-        kind=W.Dropdown(options=list(D.NOISE_KINDS), value=p["kind"], description="noise kind"),
+        kind=W.Dropdown(options=list(dilemma.NOISE_KINDS), value=p["kind"], description="noise kind"),
         condition=W.Dropdown(options=[("isotropic bowls", 1.0), ("ill-conditioned bowls", 5.0)],
                              value=p["condition"], description="family"),
         lr=W.FloatSlider(value=p["lr"], min=0.01, max=0.3, step=0.01, description="lr η", **cu),
@@ -370,9 +495,9 @@ def landscape_sweep(param: str = "corr", values=np.linspace(-1, 1, 11), dpi: int
 @lru_cache(maxsize=64)
 def wells_minima(w: float = 0.5, problem: SharpFlatWells = SharpFlatWells()) -> tuple[np.ndarray, np.ndarray]:
     """The sharp and the flat local minimum of the LS loss with weights ``(1 - w, w)``."""
-    wts = D.two_task_weights(w)
-    s = D.descend(problem, wts, problem.sharp_center, lr=0.01, steps=3000)
-    f = D.descend(problem, wts, problem.flat_center, lr=0.01, steps=3000)
+    wts = dilemma.two_task_weights(w)
+    s = dilemma.descend(problem, wts, problem.sharp_center, lr=0.01, steps=3000)
+    f = dilemma.descend(problem, wts, problem.flat_center, lr=0.01, steps=3000)
     return s, f
 
 
@@ -383,10 +508,10 @@ def _draw_wells(axes, sigma, corr, w, step_scale, lr, steps, n_seeds, seed, prob
     a, b = axes
     a.clear()
     b.clear()
-    wts = D.two_task_weights(w)
+    wts = dilemma.two_task_weights(w)
     s, f = wells_minima(float(w), problem)
-    noise = D.TaskNoise(sigma=sigma, corr=corr)
-    run = D.simulate_ls(problem, wts, noise, lr=lr, steps=int(steps), x0=s, n_seeds=n_seeds, seed=seed,
+    noise = dilemma.TaskNoise(sigma=sigma, corr=corr)
+    run = dilemma.simulate_ls(problem, wts, noise, lr=lr, steps=int(steps), x0=s, n_seeds=n_seeds, seed=seed,
                         step_scale=step_scale, record_grads=False)
     xg, yg = np.meshgrid(np.linspace(-2.0, 2.3, 151), np.linspace(-1.6, 1.6, 121))
     Lg = problem.weighted_loss(np.stack([xg, yg], -1), wts)
@@ -394,7 +519,7 @@ def _draw_wells(axes, sigma, corr, w, step_scale, lr, steps, n_seeds, seed, prob
     a.contour(xg, yg, Lg, levels=20, colors="grey", linewidths=0.3)
     for k in range(min(10, n_seeds)):
         a.plot(run.xs[k, :, 0], run.xs[k, :, 1], "-", lw=0.4, alpha=0.6, color="tab:green")
-    esc = D.escaped(run.final, s, f)
+    esc = dilemma.escaped(run.final, s, f)
     a.plot(run.final[~esc, 0], run.final[~esc, 1], ".", color="tab:blue", ms=5, label="ended in sharp well")
     a.plot(run.final[esc, 0], run.final[esc, 1], ".", color="tab:red", ms=5, label="escaped to flat well")
     a.plot(*s, "kx", ms=9, mew=2)
@@ -405,7 +530,7 @@ def _draw_wells(axes, sigma, corr, w, step_scale, lr, steps, n_seeds, seed, prob
     a.set_xlabel("$x_1$")
     a.set_ylabel("$x_2$")
     a.legend(fontsize=7, loc="lower left")
-    var = float(D.weighted_noise_variance(wts, noise.sigmas, corr))
+    var = float(dilemma.weighted_noise_variance(wts, noise.sigmas, corr))
     a.set_title(f"σ={sigma:.1f}, c={corr:+.1f}, w={w:.2f}, κ={step_scale:.1f}: "
                 f"{int(esc.sum())}/{n_seeds} escaped", fontsize=9)
     d_s = np.linalg.norm(run.xs - s, axis=-1)
@@ -475,10 +600,10 @@ def plot_escape_counts(corrs, sigmas, counts, n_seeds: int, w: float = 0.5, kapp
         raise ValueError(f"counts must have shape (len(sigmas), len(corrs)) = {(len(sigmas), len(corrs))}, got {counts.shape}")
     ncol = 3 if kappas is not None else 2
     fig, axes = plt.subplots(1, ncol, figsize=(3.6 * ncol, 3.4))
-    wts = D.two_task_weights(w)
+    wts = dilemma.two_task_weights(w)
     for s, row in zip(sigmas, counts):
         axes[0].plot(corrs, row / n_seeds, "o-", ms=3, label=f"σ = {s:g}")
-        sd = np.sqrt(D.weighted_noise_variance(wts, np.array([s, s]), corrs))
+        sd = np.sqrt(dilemma.weighted_noise_variance(wts, np.array([s, s]), corrs))
         axes[1].plot(sd, row / n_seeds, "o", ms=4, label=f"σ = {s:g}")
     axes[0].set_xlabel("cross-task noise correlation c")
     axes[0].set_ylabel(f"fraction escaped ({n_seeds} seeds)")
@@ -496,5 +621,34 @@ def plot_escape_counts(corrs, sigmas, counts, n_seeds: int, w: float = 0.5, kapp
         axes[2].legend(fontsize=7)
     for ax in axes:
         ax.set_ylim(-0.03, 1.03)
+    fig.tight_layout()
+    return fig
+
+
+
+KAPPA_STYLES = {"fixed steps": ("k", "o-"), "matched time": ("tab:red", "s-"),
+                "matched temperature": ("tab:blue", "^-"), "matched both": ("tab:grey", "d--")}
+
+
+def plot_kappa_decomposition(kappas, decomposition: dict, n_seeds: int):
+    """Escaped fraction against the energy factor kappa for the four settings of
+    :func:`~camegrad_mini.dilemma.kappa_escape_decomposition` (left), and where each setting sits
+    in (SDE time, temperature) (right)."""
+    kappas = np.asarray(kappas, dtype=float)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9.6, 3.6))
+    for name, d in decomposition.items():
+        color, style = KAPPA_STYLES.get(name, ("tab:green", "o-"))
+        if len(d["counts"]) != len(kappas):
+            raise ValueError(f"counts of {name!r} must have one entry per kappa")
+        a.plot(kappas, np.asarray(d["counts"]) / n_seeds, style, color=color, ms=4, label=name)
+        b.plot(d["time"], d["temperature"], style, color=color, ms=4, label=name)
+    a.set_xlabel("energy factor κ (multiplies the whole step)")
+    a.set_ylabel(f"fraction escaped ({n_seeds} seeds)")
+    a.set_ylim(-0.03, 1.03)
+    a.legend(fontsize=7.5)
+    a.set_title("what is left of κ's effect when time or temperature is matched", fontsize=9)
+    b.set_xlabel(r"SDE time $t_{end}=\kappa\eta\cdot$steps")
+    b.set_ylabel(r"temperature $\kappa\eta\,\mathrm{Var}/2$")
+    b.set_title("the settings in (time, temperature)", fontsize=9)
     fig.tight_layout()
     return fig
