@@ -540,8 +540,9 @@ def inject(u_star: Any, u_star_norm: float, g_joint_norm: float, kappa: float, e
 def fuse(u_en: Any, g_joint: Any, kappa: float, nu: float) -> Any:
     """Stage S3, "adaptive" gradient fusion (method note, step 4).
 
-    g_final = (1 - nu) u_en + nu * kappa * g_joint. In the paper nu is a fixed tuned constant
-    (values above 0.3 "bring conflicts back"), so nothing here adapts it. Linear, so it works on
+    g_final = (1 - nu) u_en + nu * kappa * g_joint. The paper names the stage "adaptive"; a public
+    audit of it reports nu as a fixed tuned constant (values above 0.3 "bring conflicts back"), so
+    nothing here adapts it. Linear, so it works on
     vectors or coefficient vectors alike.
 
     Args:

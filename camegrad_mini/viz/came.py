@@ -94,7 +94,7 @@ def _draw_vectors(axes, theta_deg: float, r: float, w: float, rho: float, kappa:
     a.axvline(0, color="grey", lw=0.5)
     a.set_xlabel("gradient coordinate 1")
     a.set_ylabel("gradient coordinate 2")
-    a.set_title(rf"$\theta$={theta_deg:.0f}°, r={r:.2f}, w={w:.2f}, $\rho$={rho:.2f}, $\kappa$={kappa:.2f}, $\nu$={nu:.2f}",
+    a.set_title(rf"$\phi$={theta_deg:.0f}°, $\gamma$={r:.2f}, w={w:.2f}, $\rho$={rho:.2f}, $\kappa$={kappa:.2f}, $\nu$={nu:.2f}",
                 fontsize=9)
     a.legend(fontsize=7, loc="lower left", ncol=2, framealpha=0.8)
     # right panel: cosine of each direction with each task gradient
@@ -121,7 +121,7 @@ def _draw_vectors(axes, theta_deg: float, r: float, w: float, rho: float, kappa:
 
 def vector_figure(theta_deg: float = 120.0, r: float = 1.0, w: float = 0.5, rho: float = 0.5,
                   kappa: float = 1.5, nu: float = 0.2):
-    """The vector picture for ``g_0 = (1, 0)``, ``g_1 = r (cos theta, sin theta)``, omega = (1 - w, w).
+    """The vector picture for ``g_0 = (1, 0)``, ``g_1 = r (cos phi, sin phi)`` (the book's φ and γ = r), omega = (1 - w, w).
 
     Args:
         theta_deg: Angle between the gradients, degrees.
@@ -229,7 +229,7 @@ def plot_dual_objective(pairs: Mapping[str, np.ndarray], rho: float = 0.5, n: in
         t_star = rectify(gram, rho).alpha[0]
         f_star = np.interp(t_star, t, F)
         ax.plot([t_star], [f_star], "o", color=line.get_color())
-    ax.set_xlabel(r"$t=\alpha_0$ (weight of $g_0$ in $g_\alpha$)")
+    ax.set_xlabel(r"$\alpha_0$ (weight of $g_0$ in $g_\alpha$)")
     ax.set_ylabel(r"dual objective $/\ \|\mu\|^2$")
     ax.set_title(rf"S1 dual along the simplex, $\rho$={rho}; dots: the package's $\alpha^*$", fontsize=9)
     ax.legend(fontsize=8)
