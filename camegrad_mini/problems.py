@@ -119,9 +119,12 @@ class FonsecaFleming(Problem):
     """Fonseca & Fleming (1995) in two dimensions: a problem whose Pareto front is concave.
 
     ``L_0(x) = 1 - exp(-|x - a|^2)`` and ``L_1(x) = 1 - exp(-|x + a|^2)`` with
-    ``a = (1, 1)/sqrt(2)``. The Pareto set is the segment from ``-a`` to ``a``; because the
-    front is concave, minimizing any fixed weighted sum lands at (or next to) one of its two ends,
-    so linear scalarization cannot reach the compromise points in the middle.
+    ``a = (1, 1)/sqrt(2)``. The Pareto set is the segment from ``-a`` to ``a``, ``x = s a`` with
+    ``s`` in [-1, 1]. The front is concave except near its two ends (inflection points at
+    ``s = +-1/sqrt(2)``), so no fixed weighted sum has a minimizer in the middle ``|s| < 1/sqrt(2)``
+    (70.7% of the set's length): the global minimizer of a weighted sum lies at or next to one of
+    the two ends, and its local minimizers reach at most ``(1 - 1/sqrt(2))/2``, about 0.146 of the
+    set's length, from an end. Linear scalarization cannot reach the compromise points in the middle.
     """
 
     name: str = field(default="Fonseca-Fleming", compare=False)
