@@ -7,7 +7,7 @@ displays and the tests compare with the numeric closed forms in :mod:`camegrad_m
 Two-task "polar" setting: ``g_0 = n_0 (1, 0)``, ``g_1 = n_1 (cos t, sin t)``, weights
 ``w_0, w_1`` (or ``1 - w, w``), magnitude ratio ``gamma = n_1 / n_0`` and weighted magnitude ratio
 ``gamma_w = w_1 n_1 / (w_0 n_0)``. Task noises ``xi_0, xi_1`` have scales ``sigma_0, sigma_1`` and
-cross-task correlation ``c``.
+cross-task correlation ``c``. The number of parameters is ``p`` (``theta`` in ``R^p``).
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ gamma, gamma_w = sp.symbols("gamma gamma_omega", positive=True)
 w = sp.symbols("w", nonnegative=True)
 phi = sp.symbols("varphi", real=True)
 c = sp.symbols("c", real=True)
-d = sp.symbols("d", positive=True, integer=True)
+p = sp.symbols("p", positive=True, integer=True)
 
 SYMBOLS = dict(w0=w0, w1=w1, n0=n0, n1=n1, sigma0=s0, sigma1=s1, sigma=sigma, gamma=gamma, gamma_w=gamma_w,
-               w=w, phi=phi, c=c, d=d)
+               w=w, phi=phi, c=c, p=p)
 
 
 def polar_vectors() -> tuple[sp.Matrix, sp.Matrix]:
@@ -90,14 +90,14 @@ def weighted_noise_variance() -> sp.Expr:
 
 
 def observed_energy() -> sp.Expr:
-    """``E |g_joint + w_0 xi_0 + w_1 xi_1|^2`` for zero-mean isotropic noises in ``d`` dimensions.
+    """``E |g_joint + w_0 xi_0 + w_1 xi_1|^2`` for zero-mean isotropic noises in ``p`` dimensions.
 
-    The mean of the stochastic joint gradient's energy is the drift's energy plus ``d`` times the
+    The mean of the stochastic joint gradient's energy is the drift's energy plus ``p`` times the
     weighted noise variance (the mixed term ``2 <g_joint, E noise>`` vanishes). An energy measured
     on mini-batch gradients therefore mixes the paper's cross term ``2 w_0 w_1 <g_0, g_1>`` with
     the noise's cross term ``2 c w_0 w_1 s_0 s_1``, which can have the opposite sign.
     """
-    return sp.expand(joint_energy() + d * weighted_noise_variance())
+    return sp.expand(joint_energy() + p * weighted_noise_variance())
 
 
 def gradient_noise_diffusion_trace() -> sp.Expr:

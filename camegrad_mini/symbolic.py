@@ -133,8 +133,8 @@ def task_loss_ito(n_tasks: int = 2) -> dict[str, sp.Basic]:
     """Ito's lemma for each task's loss under the joint SDE of linear scalarization, in 2-D.
 
     Tasks ``L_i(theta_1, theta_2)`` are generic smooth functions, ``g_joint = sum_i omega_i grad L_i``,
-    and the SDE is ``d theta = -g_joint dt + sqrt(eta) C dW`` with ``C`` a lower-triangular symbolic
-    factor, ``Sigma_omega = C C^T``. Returns, per task, Ito's ``dt`` coefficient (from
+    and the SDE is ``d theta = -g_joint dt + sqrt(eta) F dW`` with ``F`` a lower-triangular symbolic
+    factor, ``Sigma_omega = F F^T``. Returns, per task, Ito's ``dt`` coefficient (from
     :func:`ito_lemma`), the claimed form ``-<grad L_i, g_joint> + (eta/2) tr(H_i Sigma_omega)``
     and their difference (zero after expansion).
     """
@@ -147,12 +147,12 @@ def task_loss_ito(n_tasks: int = 2) -> dict[str, sp.Basic]:
     g_joint = sp.zeros(2, 1)
     for w, g in zip(omegas, grads):
         g_joint += w * g
-    C = sp.Matrix(2, 2, lambda i, j: sp.Symbol(f"C_{i + 1}{j + 1}", real=True) if j <= i else 0)
-    Sigma_w = C * C.T
-    out = {"theta": th, "losses": losses, "omega": omegas, "g_joint": g_joint, "C": C, "Sigma_omega": Sigma_w,
+    F = sp.Matrix(2, 2, lambda i, j: sp.Symbol(f"F_{i + 1}{j + 1}", real=True) if j <= i else 0)
+    Sigma_w = F * F.T
+    out = {"theta": th, "losses": losses, "omega": omegas, "g_joint": g_joint, "F": F, "Sigma_omega": Sigma_w,
            "drift_terms": [], "claimed": [], "differences": []}
     for L, g in zip(losses, grads):
-        ito = ito_lemma(L, list(th), -g_joint, sp.sqrt(eta) * C)
+        ito = ito_lemma(L, list(th), -g_joint, sp.sqrt(eta) * F)
         claimed = -(g.T * g_joint)[0] + eta / 2 * (sp.hessian(L, th) * Sigma_w).trace()
         out["drift_terms"].append(ito["drift_term"])
         out["claimed"].append(claimed)
@@ -166,25 +166,27 @@ def task_loss_ito(n_tasks: int = 2) -> dict[str, sp.Basic]:
 def minibatch_covariance() -> dict[str, sp.Basic]:
     """Covariance of the mean of ``B`` per-example gradients drawn from ``N``, with and without replacement.
 
-    Write ``M2 = (1/N) sum_n v_n v_n^T`` and ``G = g g^T`` with ``g = (1/N) sum_n v_n``; the per-example
-    covariance is ``Sigma = M2 - G``. The batch mean is ``(1/B) sum_b v_{n_b}``, so its covariance is
+    Write ``M2 = (1/N) sum_n v_n v_n^T`` and ``g = (1/N) sum_n v_n``; the per-example covariance is
+    ``Sigma = M2 - g g^T``. The batch mean is ``(1/B) sum_b v_{n_b}``, so its covariance is
     ``(1/B^2) sum_{b, b'} Cov(v_{n_b}, v_{n_b'})``. Every draw is uniform, so a term with ``b = b'``
-    is ``M2 - G``. For ``b != b'``: with replacement the draws are independent (0); without
-    replacement ``E[v_{n_b} v_{n_b'}^T] = (1/(N(N-1))) sum_{n != m} v_n v_m^T = (N^2 G - N M2)/(N(N-1))``.
-    ``M2`` and ``G`` are fixed matrices, so they enter as commuting symbols. Returns both covariances,
+    is ``M2 - g g^T``. For ``b != b'``: with replacement the draws are independent (0); without
+    replacement ``E[v_{n_b} v_{n_b'}^T] = (1/(N(N-1))) sum_{n != m} v_n v_m^T = (N^2 g g^T - N M2)/(N(N-1))``.
+    ``M2`` and ``g g^T`` are fixed matrices, so they enter as commuting symbols (``g g^T`` is one
+    symbol, written out, returned as ``ggT``). Returns both covariances,
     their ratio (the finite-population factor ``(N - B)/(N - 1)``) and the trace identity
     ``tr Sigma = E_n |v_n|^2 - |g|^2`` (``tr M2 = E_n |v_n|^2``).
     """
     N = sp.Symbol("N", positive=True, integer=True)
-    M2, G = sp.symbols("M_2 G", real=True)
-    same = M2 - G
-    cross = {"with": sp.Integer(0), "without": (N**2 * G - N * M2) / (N * (N - 1)) - G}
+    M2 = sp.Symbol("M_2", real=True)
+    ggT = sp.Symbol(r"g g^{\top}", real=True)
+    same = M2 - ggT
+    cross = {"with": sp.Integer(0), "without": (N**2 * ggT - N * M2) / (N * (N - 1)) - ggT}
     cov = {k: sp.factor(sp.simplify((B * same + B * (B - 1) * c) / B**2)) for k, c in cross.items()}
     ratio = sp.factor(sp.cancel(cov["without"] / cov["with"]))
     second_moment, g_norm2 = sp.symbols(r"\mathbb{E}_n\|v_n\|^2 \|g\|^2", real=True)
-    return {"N": N, "M2": M2, "G": G, "Sigma": same, "cross": cross, "cov_with": cov["with"],
+    return {"N": N, "M2": M2, "ggT": ggT, "Sigma": same, "cross": cross, "cov_with": cov["with"],
             "cov_without": cov["without"], "ratio": ratio,
-            "trace_Sigma": same.subs({M2: second_moment, G: g_norm2}),
+            "trace_Sigma": same.subs({M2: second_moment, ggT: g_norm2}),
             "second_moment": second_moment, "g_norm2": g_norm2}
 
 
@@ -212,29 +214,29 @@ def sgd_step_moments(d: int = 2) -> dict[str, sp.Basic]:
 
 
 def euler_maruyama_step_moments(d: int = 2) -> dict[str, sp.Basic]:
-    """Mean and covariance of one Euler-Maruyama step of the SGD SDE, with ``Sigma = C C^T``.
+    """Mean and covariance of one Euler-Maruyama step of the SGD SDE, with ``Sigma = F F^T``.
 
-    ``Delta = -g dt + sqrt(dt) sqrt(eta / B) C z`` with ``z`` standard normal and ``C`` a lower-
+    ``Delta = -g dt + sqrt(dt) sqrt(eta / B) F z`` with ``z`` standard normal and ``F`` a lower-
     triangular symbolic factor of ``Sigma`` (a Cholesky factor, so ``sqrt(eta Sigma / B)`` is
     explicit). Returns ``mean`` and ``cov`` in terms of ``dt`` and, after the substitution
-    ``dt = eta``, ``mean_at_eta`` and ``cov_at_eta`` (which equals ``eta^2 C C^T / B``, i.e.
-    SGD's ``eta^2 Sigma / B`` once ``Sigma = C C^T``, returned as ``Sigma_from_C``).
+    ``dt = eta``, ``mean_at_eta`` and ``cov_at_eta`` (which equals ``eta^2 F F^T / B``, i.e.
+    SGD's ``eta^2 Sigma / B`` once ``Sigma = F F^T``, returned as ``Sigma_from_F``).
     """
     if d < 1:
         raise ValueError(f"d must be a positive integer, got {d}")
     dt = sp.Symbol("dt", positive=True)
     g = sp.Matrix(d, 1, lambda i, _: sp.Symbol(f"g_{i + 1}", real=True))
     z = sp.Matrix(d, 1, lambda i, _: sp.Symbol(f"z_{i + 1}", real=True))
-    C = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"C_{i + 1}{j + 1}", real=True) if j <= i else 0)
-    delta = -g * dt + sp.sqrt(dt) * sp.sqrt(eta / B) * C * z
+    F = sp.Matrix(d, d, lambda i, j: sp.Symbol(f"F_{i + 1}{j + 1}", real=True) if j <= i else 0)
+    delta = -g * dt + sp.sqrt(dt) * sp.sqrt(eta / B) * F * z
     eye = sp.eye(d)
     mean = delta.applyfunc(lambda e: expectation(e, list(z), eye))
     second = (delta * delta.T).applyfunc(lambda e: expectation(e, list(z), eye))
     cov = (second - mean * mean.T).applyfunc(sp.expand)
-    CCt = (C * C.T).applyfunc(sp.expand)
+    FFt = (F * F.T).applyfunc(sp.expand)
     cov_at_eta = cov.subs(dt, eta).applyfunc(sp.expand)
-    return {"g": g, "z": z, "C": C, "dt": dt, "increment": delta, "mean": mean, "cov": cov,
-            "Sigma_from_C": CCt, "mean_at_eta": mean.subs(dt, eta), "cov_at_eta": cov_at_eta}
+    return {"g": g, "z": z, "F": F, "dt": dt, "increment": delta, "mean": mean, "cov": cov,
+            "Sigma_from_F": FFt, "mean_at_eta": mean.subs(dt, eta), "cov_at_eta": cov_at_eta}
 
 
 # --------------------------------------------------------------------------------------------

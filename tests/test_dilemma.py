@@ -425,7 +425,8 @@ def test_symbolic_noise_variances():
         v = _rand_subs(rng)
         num = dilemma.weighted_noise_variance([v[Y["w0"]], v[Y["w1"]]], [v[Y["sigma0"]], v[Y["sigma1"]]], v[Y["c"]])
         assert float(var.subs(v)) == pytest.approx(float(num))
-    assert sp.simplify(dilemma_symbolic.observed_energy() - dilemma_symbolic.joint_energy() - Y["d"] * var) == 0
+    assert sp.simplify(dilemma_symbolic.observed_energy() - dilemma_symbolic.joint_energy() - Y["p"] * var) == 0
+    assert Y["p"].name == "p"  # the number of parameters, theta in R^p (notation page)
     tr = dilemma_symbolic.gradient_noise_diffusion_trace()
     assert sp.simplify(tr.subs(Y["c"], 1) - Y["sigma"] ** 2 * dilemma_symbolic.joint_energy()) == 0
     assert sp.simplify(tr.subs(Y["c"], 0).diff(Y["phi"])) == 0  # independent noise: no angle

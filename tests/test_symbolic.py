@@ -39,8 +39,10 @@ def test_euler_maruyama_step_with_dt_eta_has_sgd_moments():
     e = S.euler_maruyama_step_moments(2)
     m = S.sgd_step_moments(2)
     assert e["mean_at_eta"] == m["mean"]
-    sgd_cov_through_C = m["cov"].subs({m["Sigma"][i, j]: e["Sigma_from_C"][i, j] for i in range(2) for j in range(2)})
-    assert (e["cov_at_eta"] - sgd_cov_through_C).applyfunc(sp.expand) == sp.zeros(2, 2)
+    sgd_cov_through_F = m["cov"].subs({m["Sigma"][i, j]: e["Sigma_from_F"][i, j] for i in range(2) for j in range(2)})
+    assert (e["cov_at_eta"] - sgd_cov_through_F).applyfunc(sp.expand) == sp.zeros(2, 2)
+    # the book's letter for the noise factor (notation page): F, lower-triangular
+    assert {v.name for v in e["Sigma_from_F"].free_symbols} == {"F_11", "F_21", "F_22"}
     # before the substitution the covariance scales with dt, not dt^2
     assert sp.degree(sp.expand(e["cov"][0, 0]), e["dt"]) == 1
 
@@ -177,11 +179,12 @@ def test_task_loss_ito_and_a_quadratic_instance():
 
 def test_minibatch_covariance_symbolic_and_numeric():
     out = S.minibatch_covariance()
-    N, M2, G = out["N"], out["M2"], out["G"]
-    assert _zero(out["cov_with"] - (M2 - G) / B)
+    N, M2, ggT = out["N"], out["M2"], out["ggT"]
+    assert ggT.name == r"g g^{\top}"  # written out, as in the book (G is the Gram matrix there)
+    assert _zero(out["cov_with"] - (M2 - ggT) / B)
     assert _zero(sp.cancel(out["ratio"] - (N - B) / (N - 1)))
     assert out["cov_without"].subs(B, N) == 0          # the whole data set: no noise
-    assert _zero(sp.cancel(out["cov_without"].subs(B, 1) - (M2 - G)))
+    assert _zero(sp.cancel(out["cov_without"].subs(B, 1) - (M2 - ggT)))
     # brute force on a small data set: enumerate every ordered batch of 2 distinct examples
     import itertools
     v = np.array([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [-1.0, 1.0]])
