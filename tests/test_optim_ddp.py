@@ -44,7 +44,7 @@ def ddp_results(tmp_path_factory) -> list[dict]:
 
 
 def _assert_params_close(got, want, atol=1e-10):
-    for p, q in zip(got, want):
+    for p, q in zip(got, want, strict=False):
         torch.testing.assert_close(p, q, rtol=0, atol=atol)
 
 
@@ -56,7 +56,7 @@ def test_ddp_steps_equal_one_process_on_the_whole_batch(ddp_results, name, scena
         got = ddp_results[rank][(name, scenario)]
         _assert_params_close(got["params"], ref["params"])
         assert got["skipped"] == ref["skipped"]
-        for a, b in zip(got["inner"], ref["inner"]):  # the diagnostics are the whole batch's too
+        for a, b in zip(got["inner"], ref["inner"], strict=False):  # the diagnostics are the whole batch's too
             np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-14)
         np.testing.assert_allclose(got["losses"], ref["losses"], rtol=1e-6)  # kept as float32
         assert got["scale"] == ref["scale"]
@@ -78,7 +78,7 @@ def test_distributed_false_leaves_ranks_on_their_own_half(ddp_results):
     # the control: without the all-reduce each rank follows its own half of the data
     a, b = (ddp_results[r][("came", "off")] for r in range(WORLD))
     assert all(n == 0 for n in a["allreduce"])
-    assert max(float((p - q).abs().max()) for p, q in zip(a["params"], b["params"])) > 1e-3
+    assert max(float((p - q).abs().max()) for p, q in zip(a["params"], b["params"], strict=False)) > 1e-3
 
 
 def test_find_unused_parameters_ddp_is_also_exact(ddp_results):

@@ -347,7 +347,8 @@ def test_minimize_on_segment_against_grid():
         x, d = rng.normal(size=3), rng.normal(size=3)
         beta, r = rng.normal(), abs(rng.normal())
         lo, hi = sorted(rng.uniform(-0.5, 1.5, size=2))
-        f = lambda t: beta * t + r * np.linalg.norm(x[None] + np.asarray(t)[:, None] * d[None], axis=1)  # noqa: E731
+        f = lambda t, beta=beta, r=r, x=x, d=d: (  # noqa: E731
+            beta * t + r * np.linalg.norm(x[None] + np.asarray(t)[:, None] * d[None], axis=1))
         t_star = minimize_on_segment(beta, d @ d, x @ d, x @ x, r, lo, hi)
         grid = ts[(ts >= lo) & (ts <= hi)]
         assert f(np.array([t_star]))[0] <= f(grid).min() + 1e-12
@@ -363,7 +364,7 @@ def test_simplex_dual_against_slsqp():
         b = g @ np.full(t, 1 / t)
         r = 0.7 * math.sqrt(np.full(t, 1 / t) @ b)
         sol = solve_simplex_dual(g, b, r)
-        obj = lambda a: a @ b + r * math.sqrt(max(a @ g @ a, 0))  # noqa: E731
+        obj = lambda a, b=b, r=r, g=g: a @ b + r * math.sqrt(max(a @ g @ a, 0))  # noqa: E731
         ref = minimize(obj, np.full(t, 1 / t), method="SLSQP", bounds=[(0, 1)] * t,
                        constraints=[{"type": "eq", "fun": lambda a: a.sum() - 1}], options={"ftol": 1e-15})
         assert sol.value <= ref.fun + 1e-10

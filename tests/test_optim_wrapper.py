@@ -123,7 +123,7 @@ def test_ls_aggregator_equals_single_weighted_backward():
         l0, l1 = model_b.losses(*data)
         (l0 + 4.0 * l1).backward()
         ref.step()
-    for pa, pb in zip(model_a.parameters(), model_b.parameters()):
+    for pa, pb in zip(model_a.parameters(), model_b.parameters(), strict=False):
         assert torch.allclose(pa, pb, atol=1e-6)
 
 
@@ -196,7 +196,7 @@ def test_accumulation_equals_full_batch():
         o_acc.backward([loss / 2 for loss in losses], task_weights=[1.0, 4.0])
     i_acc = o_acc.step()
     assert i_acc.num_backward == 2
-    for pa, pb in zip(m_full.parameters(), m_acc.parameters()):
+    for pa, pb in zip(m_full.parameters(), m_acc.parameters(), strict=False):
         assert torch.allclose(pa, pb, atol=1e-6)
     assert np.allclose(i_full.inner_products, i_acc.inner_products, rtol=1e-4)
 
@@ -220,10 +220,10 @@ def test_grad_scaler_path_matches_unscaled():
         i_b = o_b.step(scaler=scaler_b)
         scaler_b.update()
     assert np.allclose(i_b.losses, i_amp.losses) and np.allclose(i_b.inner_products, i_amp.inner_products)
-    for pa, pb in zip(m_b.parameters(), m_amp.parameters()):
+    for pa, pb in zip(m_b.parameters(), m_amp.parameters(), strict=False):
         assert torch.equal(pa, pb)
     assert np.allclose(i_amp.inner_products, i_ref.inner_products, rtol=1e-4)  # reported unscaled
-    for pa, pb in zip(m_ref.parameters(), m_amp.parameters()):
+    for pa, pb in zip(m_ref.parameters(), m_amp.parameters(), strict=False):
         assert torch.allclose(pa, pb, atol=1e-5)
     with pytest.raises(ValueError, match="scaler"):
         o_amp.backward(m_amp.losses(*data), scaler=scaler)
@@ -238,7 +238,7 @@ def test_grad_scaler_skips_on_overflow():
     info = opt.step([l0, l1 * float("inf")], scaler=scaler)
     scaler.update()
     assert info.skipped and scaler.get_scale() == 2.0**11
-    for p, q in zip(model.parameters(), start.parameters()):
+    for p, q in zip(model.parameters(), start.parameters(), strict=False):
         assert torch.equal(p, q)
 
 
@@ -279,7 +279,7 @@ def test_nonfinite_skip_warns_and_leaves_params():
     with pytest.warns(RuntimeWarning, match=r"task\(s\) \[1\]"):
         info = opt.step([l0, l1 * float("nan")])
     assert info.skipped and info.coefficients is None
-    for p, q in zip(model.parameters(), start.parameters()):
+    for p, q in zip(model.parameters(), start.parameters(), strict=False):
         assert torch.equal(p, q)
     assert torch.equal(opt.state_dict()["base"]["state"][0]["exp_avg"], before["base"]["state"][0]["exp_avg"])
     # infinite gradient with a finite loss (sqrt at 0) is caught too
@@ -330,7 +330,7 @@ def test_state_dict_round_trip(name):
             assert torch.equal(sd2["base"]["state"][k][key], val)
     for _ in range(3):
         opt2.step(losses(model2), task_weights=[1.0, 4.0, 0.5])
-    for p, q in zip(model.parameters(), model2.parameters()):
+    for p, q in zip(model.parameters(), model2.parameters(), strict=False):
         assert torch.equal(p, q)
     assert opt2.last_info.step == opt.last_info.step == 6
 
@@ -474,9 +474,9 @@ def test_flat_buffer_steps_equal_per_tensor_steps(name, tasks, micro, scaler, kw
     ref_model, ref_infos, ref_opt = _train(name, False, tasks, micro, scaler, **kw)
     # each path did run (two tasks in one process use the per-tensor path by design)
     assert (flat_opt._layout is not None) == (tasks > 2) and ref_opt._layout is None
-    for p, q in zip(flat_model.parameters(), ref_model.parameters()):
+    for p, q in zip(flat_model.parameters(), ref_model.parameters(), strict=False):
         torch.testing.assert_close(p, q, rtol=0, atol=1e-12)
-    for a, b in zip(flat_infos, ref_infos):
+    for a, b in zip(flat_infos, ref_infos, strict=False):
         np.testing.assert_allclose(a.inner_products, b.inner_products, rtol=1e-10, atol=1e-16)
         assert a.shared_numel == b.shared_numel and a.degenerate == b.degenerate
 
@@ -492,7 +492,7 @@ def test_flat_buffer_follows_a_change_of_reach_pattern():
                 o._use_flat = False
             o.step(_three_task_losses(m, batch(seed=step), step, tasks), task_weights=WEIGHTS_10[:tasks])
         seen.append(opt._layout.num_tasks if opt._layout is not None else None)
-    for p, q in zip(model.parameters(), ref_model.parameters()):
+    for p, q in zip(model.parameters(), ref_model.parameters(), strict=False):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
     assert seen == [3, 3, 4, 4, 3, 3]  # a new buffer, planned from the graphs, whenever T changes
 
@@ -525,6 +525,6 @@ def test_flat_gram_kernels_match_float64_across_chunk_boundaries(rows):
     np.testing.assert_allclose(_flat.block_gram(held, torch.float64).numpy(), ref[:rows, :rows], rtol=1e-12)
     bounds = np.cumsum([0] + sizes)
     last = [(slice(int(a), int(b)), None if k == 1 else full[rows, a:b].clone())
-            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+            for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=False))]
     np.testing.assert_allclose(_flat.chunked_gram(held, last).numpy(), ref, rtol=0, atol=1e-6 * scale)
     np.testing.assert_allclose(_flat.chunked_gram(held, last, torch.float64).numpy(), ref, rtol=1e-12)

@@ -21,8 +21,16 @@ wrapper's general per-tensor path.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import torch
+
+from ._types import BoolArray, FloatArray
+
+#: The pending per-task gradients of a step: for each parameter, one entry per task (None: the
+#: task did not reach it).
+Buffers = dict[torch.Tensor, list[torch.Tensor | None]]
 
 #: Columns per chunk of the Gram matrix product. Chunks of 16K columns go through one batched
 #: product whose per-chunk results are summed in float64: on one CPU thread this is as fast as
@@ -51,7 +59,10 @@ def _gram_converted(rows: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return gram
 
 
-def chunked_gram(rows: torch.Tensor, last=None, dtype: torch.dtype | None = None) -> torch.Tensor:
+def chunked_gram(
+    rows: torch.Tensor, last: Sequence[tuple[slice, torch.Tensor | None]] | None = None,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
     """Gram matrix (float64) of ``rows`` (R, D), and of one more row if ``last`` is given.
 
     Each chunk of columns is copied into a small buffer and multiplied there: the rows are read
@@ -96,7 +107,7 @@ def block_gram(rows: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Te
     return gram
 
 
-def combine_into_row0(rows: torch.Tensor, coef: np.ndarray) -> None:
+def combine_into_row0(rows: torch.Tensor, coef: FloatArray) -> None:
     """Overwrite ``rows[0]`` with ``sum_i coef[i] * rows[i]``, in place and without a temporary.
 
     ``rows[0] = coef[0] * rows[0] + rows[1:].T @ coef[1:]``: the matrix read does not overlap
@@ -127,7 +138,7 @@ class FlatLayout:
             the step's peak memory would exceed that of plain per-task gradients.
     """
 
-    def __init__(self, params, reach: np.ndarray, shared: list[int], multi: list[int],
+    def __init__(self, params: Sequence[torch.Tensor], reach: BoolArray, shared: list[int], multi: list[int],
                  single: list[tuple[int, int]], dtype: torch.dtype, device: torch.device,
                  hold_last: bool = True) -> None:
         t, p_count = reach.shape
@@ -154,8 +165,9 @@ class FlatLayout:
             off = 0
             for k in idx:
                 p, n = params[k], params[k].numel()
-                self.slots[p] = [rows[i, off : off + n].view_as(p) for i in range(r)] + [None] * (t - r)
-                self.grad_views.append((p, self.slots[p][0]))
+                views = [rows[i, off : off + n].view_as(p) for i in range(r)]
+                self.slots[p] = [*views, *[None] * (t - r)]
+                self.grad_views.append((p, views[0]))
                 self.row_params[kind].append((p, slice(off, off + n)))
                 off += n
         self.tails: list[torch.Tensor] = []
@@ -167,9 +179,10 @@ class FlatLayout:
             for k, i in held_single:
                 if i == task:
                     p, n = params[k], params[k].numel()
+                    view = self.storage[off : off + n].view_as(p)
                     self.slots[p] = [None] * t
-                    self.slots[p][i] = self.storage[off : off + n].view_as(p)
-                    self.grad_views.append((p, self.slots[p][i]))
+                    self.slots[p][i] = view
+                    self.grad_views.append((p, view))
                     off += n
         self.params = set(self.slots) | {p for p, _ in self.fresh_single}
 
@@ -178,20 +191,22 @@ class FlatLayout:
         slots = self.slots.get(p)
         return None if slots is None else slots[task]
 
-    def zero_unwritten(self, buffers: dict) -> list[tuple[torch.Tensor, int]]:
+    def zero_unwritten(self, buffers: Buffers) -> list[tuple[torch.Tensor, int]]:
         """Zero the slots this step did not write (stale: last step's values or its combined
         direction in row 0) and return them as (parameter, task)."""
-        stale = []
+        stale: list[tuple[torch.Tensor, int]] = []
+        views: list[torch.Tensor] = []
         for p, slots in self.slots.items():
             gs = buffers.get(p)
             for i, s in enumerate(slots):
                 if s is not None and (gs is None or gs[i] is not s):
                     stale.append((p, i))
-        if stale:
-            torch._foreach_zero_([self.slots[p][i] for p, i in stale])
+                    views.append(s)
+        if views:
+            torch._foreach_zero_(views)
         return stale
 
-    def last_gram(self, buffers: dict, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def last_gram(self, buffers: Buffers, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Gram matrix when the last task's gradients are not held: the held rows' block, and
         the last task's row from its own per-parameter tensors."""
         t, r = self.num_tasks, self.held_rows

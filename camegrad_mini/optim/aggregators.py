@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import functional as F
+from ._types import GramLike, WeightsLike
 from .functional import AggregationResult
 
 __all__ = [
@@ -39,7 +40,7 @@ class Aggregator:
     name: str = "base"
     _config_keys: tuple[str, ...] = ()
 
-    def __call__(self, gram: Any, task_weights: Any = None) -> AggregationResult:
+    def __call__(self, gram: GramLike, task_weights: WeightsLike = None) -> AggregationResult:
         """Aggregate.
 
         Args:
@@ -83,7 +84,7 @@ class LinearScalarization(Aggregator):
 
     name = "ls"
 
-    def __call__(self, gram: Any, task_weights: Any = None) -> AggregationResult:
+    def __call__(self, gram: GramLike, task_weights: WeightsLike = None) -> AggregationResult:
         return F.linear_scalarization(gram, task_weights)
 
 
@@ -107,7 +108,7 @@ class PCGrad(Aggregator):
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
 
-    def __call__(self, gram: Any, task_weights: Any = None) -> AggregationResult:
+    def __call__(self, gram: GramLike, task_weights: WeightsLike = None) -> AggregationResult:
         return F.pcgrad(gram, task_weights, rng=self._rng)
 
     def state_dict(self) -> dict[str, Any]:
@@ -127,7 +128,7 @@ class MGDA(Aggregator):
 
     name = "mgda"
 
-    def __call__(self, gram: Any, task_weights: Any = None) -> AggregationResult:
+    def __call__(self, gram: GramLike, task_weights: WeightsLike = None) -> AggregationResult:
         return F.mgda(gram, task_weights)
 
 
@@ -151,7 +152,7 @@ class CAGrad(Aggregator):
     def _validate(self) -> None:
         F.cagrad(np.eye(1), c=self.c, rescale=self.rescale)  # raises ValueError naming the argument
 
-    def __call__(self, gram: Any, task_weights: Any = None) -> AggregationResult:
+    def __call__(self, gram: GramLike, task_weights: WeightsLike = None) -> AggregationResult:
         return F.cagrad(gram, task_weights, c=self.c, rescale=self.rescale)
 
 
@@ -199,7 +200,7 @@ class CAME(Aggregator):
         if self.rectify_on not in ("raw", "weighted"):
             raise ValueError(f"rectify_on must be 'raw' or 'weighted', got {self.rectify_on!r}")
 
-    def __call__(self, gram: Any, task_weights: Any = None) -> AggregationResult:
+    def __call__(self, gram: GramLike, task_weights: WeightsLike = None) -> AggregationResult:
         return F.came_grad(gram, task_weights, **self.config())
 
 
@@ -224,6 +225,15 @@ def get_aggregator(aggregator: str | Aggregator = "came", **kwargs: Any) -> Aggr
 
     Returns:
         The aggregator.
+
+    Explained in: Chapter 4, §4.8.
+
+    Examples:
+        >>> import numpy as np
+        >>> get_aggregator("came-grad", rho=0.3)
+        CAME(rho=0.3, kappa=1.5, nu=0.2, eps=1e-08, eps_mode='relative', rectify_on='raw', allow_kappa_below_one=False)
+        >>> get_aggregator("mgda")(np.eye(2)).coefficients
+        array([1., 1.])
     """
     if isinstance(aggregator, Aggregator):
         if kwargs:

@@ -38,11 +38,13 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Optional, TypeVar, Union
 
 import numpy as np
 import torch
+from numpy.typing import ArrayLike
 
+from ._types import FloatArray, GradsLike, GramLike, WeightsLike
 from .simplex import min_norm_weights, solve_simplex_dual
 
 __all__ = [
@@ -74,6 +76,10 @@ DEFAULT_ZERO_TOL = 1e-6
 
 Basis = Literal["raw", "weighted"]
 EpsMode = Literal["relative", "absolute"]
+#: A vector (or coefficient vector) the linear stages S2 and S3 accept: a float64 array or a tensor.
+VectorT = TypeVar("VectorT", FloatArray, torch.Tensor)
+#: What :func:`combine` returns: a (D,) array or tensor, or one tensor (None: unreached) per parameter.
+Direction = Union[FloatArray, torch.Tensor, list[Optional[torch.Tensor]]]
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,9 +101,9 @@ class RectifyResult:
         iterations: Solver iterations (0 for the closed forms).
     """
 
-    mu: np.ndarray
-    u_star: np.ndarray
-    alpha: np.ndarray
+    mu: FloatArray
+    u_star: FloatArray
+    alpha: FloatArray
     radius: float
     norms: dict[str, float]
     degenerate: str | None
@@ -125,12 +131,12 @@ class AggregationResult:
     """
 
     method: str
-    coefficients: np.ndarray
-    task_weights: np.ndarray
-    gram: np.ndarray
-    cosines: np.ndarray
+    coefficients: FloatArray
+    task_weights: FloatArray
+    gram: FloatArray
+    cosines: FloatArray
     conflict: bool
-    alpha: np.ndarray | None
+    alpha: FloatArray | None
     norms: dict[str, float]
     degenerate: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
@@ -139,7 +145,7 @@ class AggregationResult:
 # --------------------------------------------------------------------------------------------
 # input handling and small helpers
 # --------------------------------------------------------------------------------------------
-def _as_gram(gram: Any) -> np.ndarray:
+def _as_gram(gram: GramLike) -> FloatArray:
     if isinstance(gram, torch.Tensor):
         gram = gram.detach().to("cpu", torch.float64).numpy()
     g = np.array(gram, dtype=np.float64)
@@ -150,7 +156,7 @@ def _as_gram(gram: Any) -> np.ndarray:
     return 0.5 * (g + g.T)
 
 
-def _as_weights(task_weights: Any, num_tasks: int) -> np.ndarray:
+def _as_weights(task_weights: WeightsLike, num_tasks: int) -> FloatArray:
     if task_weights is None:
         return np.ones(num_tasks)
     if isinstance(task_weights, torch.Tensor):
@@ -163,19 +169,19 @@ def _as_weights(task_weights: Any, num_tasks: int) -> np.ndarray:
     return w
 
 
-def _real(name: str, value: Any) -> float:
+def _real(name: str, value: object) -> float:
     """A finite real number as float, or ValueError naming the argument."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite real number, got {value!r}")
     return float(value)
 
 
-def _qnorm(gram: np.ndarray, coef: np.ndarray) -> float:
+def _qnorm(gram: FloatArray, coef: FloatArray) -> float:
     """Norm of sum_i coef_i g_i from the Gram matrix (clamped: rounding can make it -0)."""
     return math.sqrt(max(float(coef @ gram @ coef), 0.0))
 
 
-def _cancelled(gram: np.ndarray, coef: np.ndarray, zero_tol: float) -> bool:
+def _cancelled(gram: FloatArray, coef: FloatArray, zero_tol: float) -> bool:
     """Whether ``sum_i coef_i g_i`` is zero up to cancellation error (see :data:`DEFAULT_ZERO_TOL`).
 
     Rounding in ``coef @ gram @ coef`` is relative to ``(sum_i |coef_i| ||g_i||)**2``, so this is
@@ -185,22 +191,22 @@ def _cancelled(gram: np.ndarray, coef: np.ndarray, zero_tol: float) -> bool:
     return _qnorm(gram, coef) <= zero_tol * uncancelled
 
 
-def _scale(gram: np.ndarray) -> float:
+def _scale(gram: FloatArray) -> float:
     """Largest task-gradient norm: the unit in which tolerances are relative."""
     return math.sqrt(max(float(gram.diagonal().max()), 0.0))
 
 
-def _cosines(g: np.ndarray) -> np.ndarray:
+def _cosines(g: FloatArray) -> FloatArray:
     norms = np.sqrt(np.maximum(np.diag(g), 0.0))
     inv = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 0)
     return np.clip(g * np.outer(inv, inv), -1.0, 1.0)
 
 
-def _conflict(g: np.ndarray) -> bool:
+def _conflict(g: FloatArray) -> bool:
     return bool((np.triu(g, 1) < 0).any())
 
 
-def pairwise_cosines(gram: Any) -> np.ndarray:
+def pairwise_cosines(gram: GramLike) -> FloatArray:
     """Cosine similarities ``G_ij / sqrt(G_ii G_jj)`` of the task gradients.
 
     The paper's conflict statistic (53.8% of generation/clinical inner products negative, method
@@ -216,7 +222,7 @@ def pairwise_cosines(gram: Any) -> np.ndarray:
     return _cosines(_as_gram(gram))
 
 
-def conflict_indicator(gram: Any) -> bool:
+def conflict_indicator(gram: GramLike) -> bool:
     """True when two task gradients conflict, i.e. some ``<g_i, g_j> < 0`` with i != j.
 
     This is the "Drift term deviation" condition of the method note. Task weights are positive,
@@ -227,11 +233,18 @@ def conflict_indicator(gram: Any) -> bool:
 
     Returns:
         Whether any off-diagonal inner product is negative.
+
+    Explained in: Chapter 1 (conflict) and Chapter 4, §4.6.
+
+    Examples:
+        >>> import numpy as np
+        >>> conflict_indicator(np.array([[1.0, -0.5], [-0.5, 1.0]]))
+        True
     """
     return _conflict(_as_gram(gram))
 
 
-def gram_matrix(grads: Any) -> np.ndarray:
+def gram_matrix(grads: GradsLike) -> FloatArray:
     """Gram matrix of task gradients, without concatenating parameter tensors.
 
     Args:
@@ -243,15 +256,23 @@ def gram_matrix(grads: Any) -> np.ndarray:
 
     Returns:
         The (T, T) float64 Gram matrix.
+
+    Explained in: Chapter 4, §4.1.
+
+    Examples:
+        >>> import torch
+        >>> gram_matrix(torch.tensor([[1.0, 0.0], [1.0, 1.0]]))
+        array([[1., 1.],
+               [1., 2.]])
     """
     if isinstance(grads, np.ndarray):
         m = grads.astype(np.float64).reshape(grads.shape[0], -1)
         return m @ m.T
     if isinstance(grads, torch.Tensor):
-        m = grads.detach().reshape(grads.shape[0], -1)
-        if m.dtype not in (torch.float32, torch.float64):
-            m = m.float()
-        return (m @ m.T).to("cpu", torch.float64).numpy()
+        mt = grads.detach().reshape(grads.shape[0], -1)
+        if mt.dtype not in (torch.float32, torch.float64):
+            mt = mt.float()
+        return (mt @ mt.T).to("cpu", torch.float64).numpy()
     per_task = [list(task) for task in grads]
     t_count = len(per_task)
     n_params = len(per_task[0]) if t_count else 0
@@ -273,7 +294,7 @@ def gram_matrix(grads: Any) -> np.ndarray:
     return gram
 
 
-def combine(grads: Any, coefficients: Any) -> Any:
+def combine(grads: GradsLike, coefficients: ArrayLike) -> Direction:
     """Form the direction ``sum_i coefficients[i] * g_i``.
 
     Args:
@@ -284,6 +305,11 @@ def combine(grads: Any, coefficients: Any) -> Any:
     Returns:
         A (D,) tensor/array for stacked input, or a list with one tensor (or None when no task
         reaches the parameter) per parameter tensor.
+
+    Examples:
+        >>> import numpy as np
+        >>> combine(np.array([[1.0, 0.0], [0.0, 2.0]]), [0.5, 0.5])
+        array([0.5, 1. ])
     """
     c = np.asarray(coefficients, dtype=np.float64).reshape(-1)
     if isinstance(grads, np.ndarray):
@@ -306,10 +332,10 @@ def combine(grads: Any, coefficients: Any) -> Any:
 
 def _result(
     method: str,
-    coef: np.ndarray,
-    weights: np.ndarray,
-    gram: np.ndarray,
-    alpha: np.ndarray | None,
+    coef: FloatArray,
+    weights: FloatArray,
+    gram: FloatArray,
+    alpha: FloatArray | None,
     degenerate: str | None,
     norms: dict[str, float] | None = None,
     extras: dict[str, Any] | None = None,
@@ -331,14 +357,14 @@ def _result(
     )
 
 
-def _weighted_gram(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
+def _weighted_gram(gram: FloatArray, weights: FloatArray) -> FloatArray:
     return gram * np.outer(weights, weights)
 
 
 # --------------------------------------------------------------------------------------------
 # baselines
 # --------------------------------------------------------------------------------------------
-def linear_scalarization(gram: Any, task_weights: Any = None) -> AggregationResult:
+def linear_scalarization(gram: GramLike, task_weights: WeightsLike = None) -> AggregationResult:
     """Linear scalarization: ``g_joint = sum_i omega_i g_i`` (method note, Setting).
 
     This is what one backward pass of the weighted loss ``sum_i omega_i L_i`` produces; the
@@ -350,6 +376,13 @@ def linear_scalarization(gram: Any, task_weights: Any = None) -> AggregationResu
 
     Returns:
         An :class:`AggregationResult` with ``coefficients == task_weights``.
+
+    Explained in: Chapter 4, §4.8.
+
+    Examples:
+        >>> import numpy as np
+        >>> linear_scalarization(np.eye(2), [1.0, 2.0]).coefficients
+        array([1., 2.])
     """
     g = _as_gram(gram)
     w = _as_weights(task_weights, g.shape[0])
@@ -357,8 +390,8 @@ def linear_scalarization(gram: Any, task_weights: Any = None) -> AggregationResu
 
 
 def pcgrad(
-    gram: Any,
-    task_weights: Any = None,
+    gram: GramLike,
+    task_weights: WeightsLike = None,
     *,
     rng: np.random.Generator | int | None = 0,
 ) -> AggregationResult:
@@ -378,6 +411,13 @@ def pcgrad(
 
     Returns:
         An :class:`AggregationResult`.
+
+    Explained in: Chapter 4, §4.8.
+
+    Examples:
+        >>> import numpy as np
+        >>> pcgrad(np.array([[1.0, -0.5], [-0.5, 1.0]])).coefficients
+        array([1.5, 1.5])
     """
     g = _as_gram(gram)
     w = _as_weights(task_weights, g.shape[0])
@@ -400,7 +440,7 @@ def pcgrad(
     return _result("pcgrad", coef, w, g, None, None, extras={"projections": n_projections})
 
 
-def mgda(gram: Any, task_weights: Any = None, *, zero_tol: float = DEFAULT_ZERO_TOL) -> AggregationResult:
+def mgda(gram: GramLike, task_weights: WeightsLike = None, *, zero_tol: float = DEFAULT_ZERO_TOL) -> AggregationResult:
     """MGDA: the min-norm point of the convex hull of the task-weighted gradients.
 
     alpha* = argmin over the simplex of ``||sum_i alpha_i omega_i g_i||`` (Sener and Koltun,
@@ -416,6 +456,14 @@ def mgda(gram: Any, task_weights: Any = None, *, zero_tol: float = DEFAULT_ZERO_
 
     Returns:
         An :class:`AggregationResult` whose ``alpha`` is the min-norm weights.
+
+    Explained in: Chapter 4, §4.8.
+
+    Examples:
+        >>> import numpy as np
+        >>> result = mgda(np.array([[1.0, 0.0], [0.0, 4.0]]))
+        >>> result.alpha, result.coefficients
+        (array([0.8, 0.2]), array([1.6, 0.4]))
     """
     g = _as_gram(gram)
     w = _as_weights(task_weights, g.shape[0])
@@ -437,7 +485,7 @@ def mgda(gram: Any, task_weights: Any = None, *, zero_tol: float = DEFAULT_ZERO_
 # CAME-Grad stages
 # --------------------------------------------------------------------------------------------
 def rectify(
-    gram: Any,
+    gram: GramLike,
     rho: float,
     *,
     zero_tol: float = DEFAULT_ZERO_TOL,
@@ -477,6 +525,14 @@ def rectify(
 
     Returns:
         A :class:`RectifyResult` (coefficients over the given gradients).
+
+    Explained in: Chapter 4, §4.2 (S1 and its dual) and §4.3 (two tasks).
+
+    Examples:
+        >>> import numpy as np
+        >>> s1 = rectify(np.array([[1.0, -0.5], [-0.5, 1.0]]), rho=0.5)
+        >>> s1.u_star, s1.alpha, s1.degenerate
+        (array([0.75, 0.75]), array([0.5, 0.5]), None)
     """
     rho = _real("rho", rho)
     if rho < 0:
@@ -484,7 +540,7 @@ def rectify(
     return _rectify(_as_gram(gram), rho, zero_tol, max_iter, tol)
 
 
-def _rectify(g: np.ndarray, rho: float, zero_tol: float, max_iter: int, tol: float) -> RectifyResult:
+def _rectify(g: FloatArray, rho: float, zero_tol: float, max_iter: int, tol: float) -> RectifyResult:
     """:func:`rectify` on an already validated, symmetric float64 Gram matrix."""
     t_count = g.shape[0]
     m = np.full(t_count, 1.0 / t_count)
@@ -514,7 +570,7 @@ def _rectify(g: np.ndarray, rho: float, zero_tol: float, max_iter: int, tol: flo
     return RectifyResult(m, u, alpha, r_n * s, norms, degenerate, sol.iterations)
 
 
-def inject(u_star: Any, u_star_norm: float, g_joint_norm: float, kappa: float, eps: float) -> Any:
+def inject(u_star: VectorT, u_star_norm: float, g_joint_norm: float, kappa: float, eps: float) -> VectorT:
     """Stage S2, magnitude-enhanced energy injection (method note, step 3).
 
     u_en = u* * kappa ||g_joint|| / (||u*|| + eps): the rectified direction is given the
@@ -531,13 +587,20 @@ def inject(u_star: Any, u_star_norm: float, g_joint_norm: float, kappa: float, e
 
     Returns:
         u_en, of the same type as ``u_star``.
+
+    Explained in: Chapter 4, §4.5.
+
+    Examples:
+        >>> import numpy as np
+        >>> inject(np.array([0.5, 0.5]), u_star_norm=0.5, g_joint_norm=1.0, kappa=1.5, eps=0.0)
+        array([1.5, 1.5])
     """
     denom = u_star_norm + eps
     factor = kappa * g_joint_norm / denom if denom > 0 else 0.0
     return u_star * factor
 
 
-def fuse(u_en: Any, g_joint: Any, kappa: float, nu: float) -> Any:
+def fuse(u_en: VectorT, g_joint: VectorT, kappa: float, nu: float) -> VectorT:
     """Stage S3, "adaptive" gradient fusion (method note, step 4).
 
     g_final = (1 - nu) u_en + nu * kappa * g_joint. The paper names the stage "adaptive"; a public
@@ -553,6 +616,13 @@ def fuse(u_en: Any, g_joint: Any, kappa: float, nu: float) -> Any:
 
     Returns:
         g_final, of the same type as the inputs.
+
+    Explained in: Chapter 4, §4.5 and §4.6 (S3 brings conflict back).
+
+    Examples:
+        >>> import numpy as np
+        >>> fuse(np.array([1.0, 1.0]), np.array([1.0, 1.0]), kappa=1.5, nu=0.2)
+        array([1.1, 1.1])
     """
     return (1.0 - nu) * u_en + (nu * kappa) * g_joint
 
@@ -580,8 +650,8 @@ def validate_came_hyperparameters(
 
 
 def came_grad(
-    gram: Any,
-    task_weights: Any = None,
+    gram: GramLike,
+    task_weights: WeightsLike = None,
     *,
     rho: float = 0.5,
     kappa: float = 1.5,
@@ -631,12 +701,17 @@ def came_grad(
         An :class:`AggregationResult`; ``extras`` holds the coefficient vectors ``mu``,
         ``u_star``, ``u_en``, ``g_joint`` (all over the raw gradients), ``eps_effective``,
         ``inject_factor`` and ``iterations``.
+
+    Explained in: Chapter 4, §4.1 (the three stages), §4.5 (kappa as a global scale) and §4.6 (degenerate cases).
+
+    Examples:
+        >>> import numpy as np
+        >>> gram = np.array([[1.0, -0.5], [-0.5, 1.0]])   # two conflicting unit gradients
+        >>> result = came_grad(gram)                       # rho=0.5, kappa=1.5, nu=0.2
+        >>> result.coefficients.round(4), result.conflict
+        (array([1.5, 1.5]), True)
     """
-    validate_came_hyperparameters(rho, kappa, nu, eps, allow_kappa_below_one=allow_kappa_below_one)
-    if rectify_on not in ("raw", "weighted"):
-        raise ValueError(f"rectify_on must be 'raw' or 'weighted', got {rectify_on!r}")
-    if eps_mode not in ("relative", "absolute"):
-        raise ValueError(f"eps_mode must be 'relative' or 'absolute', got {eps_mode!r}")
+    _check_came_options(rho, kappa, nu, eps, eps_mode, rectify_on, allow_kappa_below_one)
     g = _as_gram(gram)
     w = _as_weights(task_weights, g.shape[0])
     t_count = g.shape[0]
@@ -657,30 +732,30 @@ def came_grad(
         degenerate = "g_joint_zero"
     if degenerate is None and t_count == 1:
         degenerate = "single_task"
-    norms = {
-        "mu": rect.norms["mu"],
-        "g_alpha": rect.norms["g_alpha"],
-        "u_star": u_star_norm,
-        "u_en": _qnorm(g, u_en),
-    }
+    norms = {"mu": rect.norms["mu"], "g_alpha": rect.norms["g_alpha"], "u_star": u_star_norm, "u_en": _qnorm(g, u_en)}
     denom = u_star_norm + eps_eff
-    extras = {
-        "mu": mu,
-        "u_star": u_star,
-        "u_en": u_en,
-        "g_joint": g_joint.copy(),
-        "eps_effective": eps_eff,
-        "inject_factor": kappa * g_joint_norm / denom if denom > 0 else 0.0,
-        "radius": rect.radius,
-        "iterations": rect.iterations,
-        "rectify_on": rectify_on,
-    }
+    extras = dict(
+        mu=mu, u_star=u_star, u_en=u_en, g_joint=g_joint.copy(), eps_effective=eps_eff,
+        inject_factor=kappa * g_joint_norm / denom if denom > 0 else 0.0,
+        radius=rect.radius, iterations=rect.iterations, rectify_on=rectify_on,
+    )
     return _result("came", coef, w, g, rect.alpha, degenerate, norms, extras)
 
 
+def _check_came_options(
+    rho: float, kappa: float, nu: float, eps: float, eps_mode: str, rectify_on: str, allow_kappa_below_one: bool
+) -> None:
+    """ValueError naming the argument unless :func:`came_grad`'s options are valid."""
+    validate_came_hyperparameters(rho, kappa, nu, eps, allow_kappa_below_one=allow_kappa_below_one)
+    if rectify_on not in ("raw", "weighted"):
+        raise ValueError(f"rectify_on must be 'raw' or 'weighted', got {rectify_on!r}")
+    if eps_mode not in ("relative", "absolute"):
+        raise ValueError(f"eps_mode must be 'relative' or 'absolute', got {eps_mode!r}")
+
+
 def cagrad(
-    gram: Any,
-    task_weights: Any = None,
+    gram: GramLike,
+    task_weights: WeightsLike = None,
     *,
     c: float = 0.5,
     rescale: int = 1,
@@ -709,6 +784,13 @@ def cagrad(
 
     Returns:
         An :class:`AggregationResult`.
+
+    Explained in: Chapter 4, §4.4 (S1 is CAGrad's direction).
+
+    Examples:
+        >>> import numpy as np
+        >>> cagrad(np.array([[1.0, -0.5], [-0.5, 1.0]]), c=0.5).coefficients
+        array([1.2, 1.2])
     """
     c = _real("c", c)
     if c < 0:
@@ -735,8 +817,8 @@ _METHODS = {
 
 
 def aggregate(
-    grads: Any, method: str = "came", task_weights: Any = None, **kwargs: Any
-) -> tuple[Any, AggregationResult]:
+    grads: GradsLike, method: str = "came", task_weights: WeightsLike = None, **kwargs: Any
+) -> tuple[Direction, AggregationResult]:
     """Convenience: Gram matrix, method and combination in one call, on explicit gradients.
 
     Args:
@@ -747,6 +829,14 @@ def aggregate(
 
     Returns:
         ``(direction, result)`` with the direction formed by :func:`combine`.
+
+    Explained in: Chapter 4, §4.8.
+
+    Examples:
+        >>> import torch
+        >>> direction, result = aggregate(torch.tensor([[1.0, 0.0], [-1.0, 1.0]]), "ls")
+        >>> direction, result.method
+        (tensor([0., 1.]), 'ls')
     """
     if method not in _METHODS:
         raise ValueError(f"method must be one of {sorted(_METHODS)}, got {method!r}")

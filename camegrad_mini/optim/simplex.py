@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._types import FloatArray
+
 __all__ = ["SimplexSolution", "minimize_on_segment", "solve_simplex_dual", "min_norm_weights"]
 
 
@@ -43,7 +45,7 @@ class SimplexSolution:
         converged: Whether the duality-gap criterion was met (always True for T <= 2).
     """
 
-    alpha: np.ndarray
+    alpha: FloatArray
     value: float
     iterations: int
     converged: bool
@@ -82,6 +84,12 @@ def minimize_on_segment(
     Returns:
         The minimising ``t``, or None when ``F`` is constant on the interval (every point is a
         minimiser and the caller picks one).
+
+    Explained in: Chapter 4, §4.3.
+
+    Examples:
+        >>> minimize_on_segment(beta=0.0, a=2.0, b=-1.0, c=1.0, r=1.0)
+        0.5
     """
     if det is None:
         det = a * c - b * b
@@ -102,8 +110,8 @@ def minimize_on_segment(
 
 
 def _derivatives(
-    gram: np.ndarray, b: np.ndarray, r: float, alpha: np.ndarray, squared: bool
-) -> tuple[float, np.ndarray, np.ndarray | None, float]:
+    gram: FloatArray, b: FloatArray, r: float, alpha: FloatArray, squared: bool
+) -> tuple[float, FloatArray, FloatArray | None, float]:
     """Value, gradient, Hessian (None where undefined) and ||g_alpha|| of the dual objective."""
     g_alpha = gram @ alpha
     q = max(float(alpha @ g_alpha), 0.0)
@@ -117,13 +125,13 @@ def _derivatives(
     return float(alpha @ b) + r * norm, grad, hess, norm
 
 
-def _value(gram: np.ndarray, b: np.ndarray, r: float, alpha: np.ndarray, squared: bool) -> float:
+def _value(gram: FloatArray, b: FloatArray, r: float, alpha: FloatArray, squared: bool) -> float:
     q = max(float(alpha @ gram @ alpha), 0.0)
     return float(alpha @ b) + r * (q if squared else math.sqrt(q))
 
 
 def _pair_step(
-    gram: np.ndarray, b: np.ndarray, r: float, alpha: np.ndarray, squared: bool, tol: float
+    gram: FloatArray, b: FloatArray, r: float, alpha: FloatArray, squared: bool, tol: float
 ) -> tuple[float, int, int]:
     """Pairwise Frank-Wolfe: returns (gap, s, v); moving mass from v to s decreases f when gap > tol."""
     _, grad, _, norm = _derivatives(gram, b, r, alpha, squared)
@@ -138,12 +146,12 @@ def _pair_step(
     pair_norm = np.sqrt(np.maximum(diag[:, None] + diag[None, :] - 2.0 * gram, 0.0))
     dd = (b[:, None] - b[None, :]) + r * pair_norm
     dd[:, ~support] = np.inf
-    s, v = np.unravel_index(int(np.argmin(dd)), dd.shape)
-    return -float(dd[s, v]), int(s), int(v)
+    s_idx, v_idx = np.unravel_index(int(np.argmin(dd)), dd.shape)
+    return -float(dd[s_idx, v_idx]), int(s_idx), int(v_idx)
 
 
 def _line_search_pair(
-    gram: np.ndarray, b: np.ndarray, r: float, alpha: np.ndarray, squared: bool, s: int, v: int
+    gram: FloatArray, b: FloatArray, r: float, alpha: FloatArray, squared: bool, s: int, v: int
 ) -> float | None:
     """Exact minimiser of f(alpha + t (e_s - e_v)) for t in [0, alpha_v]."""
     g_alpha = gram @ alpha
@@ -162,7 +170,7 @@ def _line_search_pair(
 
 
 @functools.lru_cache(maxsize=64)
-def _sum_zero_basis(k: int) -> np.ndarray:
+def _sum_zero_basis(k: int) -> FloatArray:
     """k x (k-1) orthonormal basis of the sum-zero vectors (Helmert's), built without LAPACK.
 
     Column j (0-based) is (1, ..., 1, -(j+1), 0, ...) / sqrt((j+1)(j+2)) with j+1 ones. The Newton
@@ -178,7 +186,7 @@ def _sum_zero_basis(k: int) -> np.ndarray:
     return z
 
 
-def _psd_solve(h: np.ndarray, g: np.ndarray) -> np.ndarray:
+def _psd_solve(h: FloatArray, g: FloatArray) -> FloatArray:
     """``pinv(h, rcond=1e-12, hermitian=True) @ g`` for a symmetric PSD ``h``, via Cholesky
     when ``h`` is comfortably non-singular.
 
@@ -201,8 +209,8 @@ def _psd_solve(h: np.ndarray, g: np.ndarray) -> np.ndarray:
 
 
 def _newton_on_face(
-    gram: np.ndarray, b: np.ndarray, r: float, alpha: np.ndarray, squared: bool, max_iter: int = 50
-) -> np.ndarray:
+    gram: FloatArray, b: FloatArray, r: float, alpha: FloatArray, squared: bool, max_iter: int = 50
+) -> FloatArray:
     """Damped Newton steps inside the face {alpha_i = 0 for i outside the support}.
 
     The step is taken in an orthonormal basis of the face's tangent space (sum-zero vectors);
@@ -250,9 +258,55 @@ def _newton_on_face(
     return alpha
 
 
+def _solve_small(gram: FloatArray, b: FloatArray, r: float, squared: bool) -> SimplexSolution:
+    """:func:`solve_simplex_dual` for one or two tasks: no iterations (closed forms)."""
+    if b.shape[0] == 1:
+        alpha = np.ones(1)
+        return SimplexSolution(alpha, _value(gram, b, r, alpha, squared), 0, True)
+    g00, g01, g11 = float(gram[0, 0]), float(gram[0, 1]), float(gram[1, 1])
+    if squared:  # from vertex e_1 towards e_0
+        t = _line_search_pair(gram, b, r, np.array([0.0, 1.0]), squared, 0, 1)
+    else:  # alpha = (t, 1 - t): g_alpha = g_1 + t (g_0 - g_1); det(G) avoids a cancellation
+        t = minimize_on_segment(
+            beta=float(b[0] - b[1]), a=g00 + g11 - 2.0 * g01, b=g01 - g11, c=g11, r=r,
+            det=g00 * g11 - g01 * g01,
+        )
+    t = 0.5 if t is None else t
+    alpha = np.array([t, 1.0 - t])
+    return SimplexSolution(alpha, _value(gram, b, r, alpha, squared), 0, True)
+
+
+def _active_set(
+    gram: FloatArray, b: FloatArray, r: float, squared: bool, max_iter: int, tol: float
+) -> SimplexSolution:
+    """:func:`solve_simplex_dual` for three or more tasks: Newton on a face, then one pairwise
+    Frank-Wolfe step that changes the face, until the pairwise gap is below ``tol``."""
+    t_count = b.shape[0]
+    alpha = np.full(t_count, 1.0 / t_count)
+    converged = False
+    iterations = 0
+    while iterations < max_iter:
+        iterations += 1
+        alpha = _newton_on_face(gram, b, r, alpha, squared)
+        gap, s, v = _pair_step(gram, b, r, alpha, squared, tol)
+        if gap <= tol or s == v:
+            converged = True
+            break
+        step = _line_search_pair(gram, b, r, alpha, squared, s, v)
+        if step is None or step <= 0.0:
+            converged = True  # no descent along the best pair: numerically optimal
+            break
+        alpha[s] += step
+        alpha[v] -= step
+        if alpha[v] <= 1e-15:
+            alpha[v] = 0.0
+        alpha /= alpha.sum()
+    return SimplexSolution(alpha, _value(gram, b, r, alpha, squared), iterations, converged)
+
+
 def solve_simplex_dual(
-    gram: np.ndarray,
-    b: np.ndarray,
+    gram: FloatArray,
+    b: FloatArray,
     r: float,
     *,
     squared: bool = False,
@@ -286,48 +340,22 @@ def solve_simplex_dual(
 
     Returns:
         A :class:`SimplexSolution`.
+
+    Explained in: Chapter 4, §4.2 (the dual) and §4.3 (the two-task closed form).
+
+    Examples:
+        >>> import numpy as np
+        >>> solve_simplex_dual(np.diag([1.0, 4.0]), np.zeros(2), 1.0, squared=True).alpha
+        array([0.8, 0.2])
     """
     gram = np.asarray(gram, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
-    t_count = b.shape[0]
-    if t_count == 1:
-        alpha = np.ones(1)
-        return SimplexSolution(alpha, _value(gram, b, r, alpha, squared), 0, True)
-    if t_count == 2:
-        g00, g01, g11 = float(gram[0, 0]), float(gram[0, 1]), float(gram[1, 1])
-        if squared:  # from vertex e_1 towards e_0
-            t = _line_search_pair(gram, b, r, np.array([0.0, 1.0]), squared, 0, 1)
-        else:  # alpha = (t, 1 - t): g_alpha = g_1 + t (g_0 - g_1); det(G) avoids a cancellation
-            t = minimize_on_segment(
-                beta=float(b[0] - b[1]), a=g00 + g11 - 2.0 * g01, b=g01 - g11, c=g11, r=r,
-                det=g00 * g11 - g01 * g01,
-            )
-        t = 0.5 if t is None else t
-        alpha = np.array([t, 1.0 - t])
-        return SimplexSolution(alpha, _value(gram, b, r, alpha, squared), 0, True)
-
-    alpha = np.full(t_count, 1.0 / t_count)
-    converged = False
-    it = 0
-    for it in range(1, max_iter + 1):
-        alpha = _newton_on_face(gram, b, r, alpha, squared)
-        gap, s, v = _pair_step(gram, b, r, alpha, squared, tol)
-        if gap <= tol or s == v:
-            converged = True
-            break
-        step = _line_search_pair(gram, b, r, alpha, squared, s, v)
-        if step is None or step <= 0.0:
-            converged = True  # no descent along the best pair: numerically optimal
-            break
-        alpha[s] += step
-        alpha[v] -= step
-        if alpha[v] <= 1e-15:
-            alpha[v] = 0.0
-        alpha /= alpha.sum()
-    return SimplexSolution(alpha, _value(gram, b, r, alpha, squared), it, converged)
+    if b.shape[0] <= 2:
+        return _solve_small(gram, b, r, squared)
+    return _active_set(gram, b, r, squared, max_iter, tol)
 
 
-def min_norm_weights(gram: np.ndarray, *, max_iter: int = 100, tol: float = 1e-11) -> np.ndarray:
+def min_norm_weights(gram: FloatArray, *, max_iter: int = 100, tol: float = 1e-11) -> FloatArray:
     """Weights of the min-norm point of the convex hull of the task gradients (MGDA).
 
     Solves ``min over the simplex of alpha @ gram @ alpha`` (Sener and Koltun, 2018) with
@@ -341,6 +369,13 @@ def min_norm_weights(gram: np.ndarray, *, max_iter: int = 100, tol: float = 1e-1
 
     Returns:
         ``alpha``, shape (T,).
+
+    Explained in: Chapter 4, §4.8.
+
+    Examples:
+        >>> import numpy as np
+        >>> min_norm_weights(np.diag([1.0, 4.0]))
+        array([0.8, 0.2])
     """
     gram = np.asarray(gram, dtype=np.float64)
     zeros = np.zeros(gram.shape[0])

@@ -12,13 +12,17 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 
+from . import _ddp, _flatpath, _pertensor, _stats
 from . import functional as F
-from ._flat import FlatLayout, block_gram, combine_into_row0
+from ._flat import Buffers, FlatLayout
+from ._pertensor import SharedRule
+from ._stats import Sources
+from ._types import BoolArray, FloatArray
 from .aggregators import CAME, Aggregator, CAGrad, PCGrad, get_aggregator
 from .functional import AggregationResult
 
@@ -70,15 +74,15 @@ class StepInfo:
     step: int
     method: str
     num_tasks: int
-    task_weights: np.ndarray
-    losses: np.ndarray
+    task_weights: FloatArray
+    losses: FloatArray
     num_backward: int
-    inner_products: np.ndarray
-    weighted_inner_products: np.ndarray
-    cosines: np.ndarray
+    inner_products: FloatArray
+    weighted_inner_products: FloatArray
+    cosines: FloatArray
     conflict: bool
-    alpha: np.ndarray | None
-    coefficients: np.ndarray | None
+    alpha: FloatArray | None
+    coefficients: FloatArray | None
     norms: dict[str, float]
     degenerate: str | None
     skipped: bool
@@ -90,7 +94,7 @@ class StepInfo:
     extras: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def weights(self) -> np.ndarray | None:
+    def weights(self) -> FloatArray | None:
         """Alias of :attr:`coefficients`."""
         return self.coefficients
 
@@ -100,66 +104,6 @@ class StepInfo:
         return float(self.inner_products[0, 1]) if self.num_tasks >= 2 else float("nan")
 
 
-def _weighted(gram: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore"):  # a skipped step may carry inf * 0
-        return gram * np.outer(weights, weights)
-
-
-def _gram_is_trustworthy(gram: np.ndarray, tasks: set[int]) -> bool:
-    """Whether a Gram matrix computed in float32 can be used as it is.
-
-    It cannot when a diagonal entry (a squared norm) overflowed, or when a task that reaches
-    the shared parameters has a squared norm below 2**-80: its entries' squares were then
-    subnormal or flushed to zero in float32 and the matrix has lost its relative precision.
-    """
-    diag = np.diag(gram)
-    if not np.all(np.isfinite(diag)):
-        return False
-    return all(diag[i] >= 2.0**-80 for i in tasks)
-
-
-def _clip_grad_norm_(grads: list[torch.Tensor], max_norm: float) -> tuple[float, float]:
-    """Scale ``grads`` in place to total norm ``max_norm`` if larger (``clip_grad_norm_``'s rule).
-
-    Returns the total norm before clipping and the factor applied. Unlike torch's float32 total,
-    which overflows for gradient entries near 1e19 and then leaves the gradients unclipped, the
-    norm is redone in float64 when the fast one is not finite.
-    """
-    if not grads:
-        return 0.0, 1.0
-    total = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double()))
-    if not math.isfinite(total):
-        total = float(torch.linalg.vector_norm(torch.stack(
-            [torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads])))
-    coef = min(1.0, max_norm / (total + 1e-6)) if math.isfinite(total) else 1.0
-    if coef < 1.0:
-        torch._foreach_mul_(grads, coef)
-    return total, coef
-
-
-def _graph_reach(losses: list[torch.Tensor], params: list[torch.Tensor]) -> np.ndarray:
-    """(T, P) bool: the parameters each loss's autograd graph reaches (its structure only: an
-    edge whose gradient turns out undefined shows up as a change of pattern at step())."""
-    index = {id(p): k for k, p in enumerate(params)}
-    reach = np.zeros((len(losses), len(params)), dtype=bool)
-    for i, loss in enumerate(losses):
-        if loss.grad_fn is None:  # a leaf: the loss is a parameter itself, or needs no grad
-            if loss.requires_grad and id(loss) in index:
-                reach[i, index[id(loss)]] = True
-            continue
-        stack, seen = [loss.grad_fn], {loss.grad_fn}
-        while stack:
-            node = stack.pop()
-            k = index.get(id(getattr(node, "variable", None)))
-            if k is not None:
-                reach[i, k] = True
-            for nxt, _ in node.next_functions:
-                if nxt is not None and nxt not in seen:
-                    seen.add(nxt)
-                    stack.append(nxt)
-    return reach
-
-
 def _slot_hook(ref: weakref.ref, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
     """Tensor hook on a parameter during a step (see ``CAMEGrad._start_step``); a weak reference,
     so that the parameters never keep the optimizer alive."""
@@ -167,8 +111,104 @@ def _slot_hook(ref: weakref.ref, p: torch.Tensor, g: torch.Tensor) -> torch.Tens
     return None if opt is None or opt._hook_task is None else opt._into_slot(p, g)
 
 
-def _is_low_precision(t: torch.Tensor) -> bool:
-    return t.dtype not in (torch.float32, torch.float64)
+class _Plan(NamedTuple):
+    """The flat buffer to build at the next step's first backward() (``FlatLayout``'s arguments)."""
+
+    param_ids: tuple[int, ...]
+    reach: BoolArray
+    shared: list[int]
+    multi: list[int]
+    single: list[tuple[int, int]]
+    dtype: torch.dtype
+    device: torch.device
+    hold_last: bool
+
+    def build(self, params: Sequence[torch.Tensor]) -> FlatLayout:
+        return FlatLayout(params, self.reach, self.shared, self.multi, self.single, self.dtype, self.device,
+                          self.hold_last)
+
+
+@dataclass
+class _Pending:
+    """The step in progress, from its first :meth:`CAMEGrad.backward` to :meth:`CAMEGrad.step`.
+
+    Attributes:
+        num_tasks, task_weights, scaled: T, omega and whether a GradScaler scaled the losses.
+        reach: (T, P) bool, task i reached parameter k.
+        layout: The flat buffer this step writes into, or None (per-tensor path).
+        loss_sum: Per-task loss values summed over the backward calls.
+        buffers: The per-task gradients (see :data:`._flat.Buffers`).
+        n_backward: backward() calls completed.
+        overflow: A gradient of this step found no slot in the flat buffer.
+    """
+
+    num_tasks: int
+    task_weights: FloatArray
+    scaled: bool
+    reach: BoolArray
+    layout: FlatLayout | None
+    loss_sum: torch.Tensor
+    buffers: Buffers = field(default_factory=dict)
+    n_backward: int = 0
+    overflow: bool = False
+
+
+def _check_base(base_optimizer: object) -> None:
+    if not isinstance(base_optimizer, torch.optim.Optimizer) or isinstance(base_optimizer, CAMEGrad):
+        raise ValueError(
+            f"base_optimizer must be a torch.optim.Optimizer (not a CAMEGrad), got {type(base_optimizer).__name__}"
+        )
+
+
+def _validate_options(nonfinite: str, max_grad_norm: object, distributed: object) -> None:
+    """ValueError naming the argument for an invalid wrapper option (the aggregator's are
+    checked by :func:`camegrad_mini.optim.validate_came_hyperparameters`)."""
+    if nonfinite not in ("skip", "raise"):
+        raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
+    if max_grad_norm is not None and (
+        isinstance(max_grad_norm, bool)
+        or not isinstance(max_grad_norm, (int, float))
+        or not math.isfinite(max_grad_norm)
+        or max_grad_norm <= 0
+    ):
+        raise ValueError(f"max_grad_norm must be None or a finite number > 0, got {max_grad_norm!r}")
+    if distributed not in (None, True, False):
+        raise ValueError(f"distributed must be None, True or False, got {distributed!r}")
+
+
+def _build_aggregator(
+    aggregator: str | Aggregator, rho: float, kappa: float, nu: float, eps: float, eps_mode: str,
+    rectify_on: str, allow_kappa_below_one: bool, cagrad_rescale: int, seed: int,
+) -> Aggregator:
+    """The aggregator a name stands for, given the wrapper's hyperparameters (see ``CAMEGrad``)."""
+    if not isinstance(aggregator, str):
+        return get_aggregator(aggregator)
+    name = get_aggregator(aggregator).name
+    if name == "came":
+        return CAME(
+            rho, kappa, nu, eps=eps, eps_mode=eps_mode, rectify_on=rectify_on,
+            allow_kappa_below_one=allow_kappa_below_one,
+        )
+    if name == "cagrad":
+        return CAGrad(c=rho, rescale=cagrad_rescale)
+    if name == "pcgrad":
+        return PCGrad(seed=seed)
+    return get_aggregator(name)
+
+
+def _shared_rule(shared: SharedMode | Iterable[torch.Tensor]) -> SharedRule:
+    """The ``shared`` option, checked (ValueError naming it)."""
+    if isinstance(shared, str):
+        if shared not in ("auto", "all"):
+            raise ValueError(f"shared must be 'auto', 'all' or an iterable of parameters, got {shared!r}")
+        return SharedRule(shared)
+    try:
+        shared_list = list(shared)
+    except TypeError:
+        raise ValueError("shared must be 'auto', 'all' or an iterable of parameters") from None
+    if not shared_list or not all(isinstance(p, torch.Tensor) for p in shared_list):
+        raise ValueError("shared must be a non-empty iterable of parameter tensors")
+    return SharedRule("explicit", frozenset(id(p) for p in shared_list))
 
 
 class CAMEGrad(torch.optim.Optimizer):
@@ -275,6 +315,19 @@ class CAMEGrad(torch.optim.Optimizer):
 
     Raises:
         ValueError: For an invalid argument, naming it.
+
+    Explained in: Chapter 4, §4.1 (the update) and §4.8 (the methods through one training loop).
+
+    Examples:
+        >>> import torch
+        >>> w = torch.nn.Parameter(torch.tensor([1.0, -1.0]))
+        >>> opt = CAMEGrad(torch.optim.SGD([w], lr=0.1))
+        >>> info = opt.step([(w ** 2).sum(), (w - 1.0).pow(2).sum()])
+        >>> info.num_tasks, info.skipped, info.inner_products
+        (2, False, array([[ 8.,  8.],
+               [ 8., 16.]]))
+        >>> w.detach()
+        tensor([ 0.5929, -0.1451])
     """
 
     def __init__(
@@ -297,54 +350,13 @@ class CAMEGrad(torch.optim.Optimizer):
         distributed: bool | None = None,
         process_group: Any = None,
     ) -> None:
-        if not isinstance(base_optimizer, torch.optim.Optimizer) or isinstance(base_optimizer, CAMEGrad):
-            raise ValueError(
-                f"base_optimizer must be a torch.optim.Optimizer (not a CAMEGrad), got {type(base_optimizer).__name__}"
-            )
+        _check_base(base_optimizer)
         F.validate_came_hyperparameters(rho, kappa, nu, eps, allow_kappa_below_one=allow_kappa_below_one)
-        if nonfinite not in ("skip", "raise"):
-            raise ValueError(f"nonfinite must be 'skip' or 'raise', got {nonfinite!r}")
-        if max_grad_norm is not None and (
-            isinstance(max_grad_norm, bool)
-            or not isinstance(max_grad_norm, (int, float))
-            or not math.isfinite(max_grad_norm)
-            or max_grad_norm <= 0
-        ):
-            raise ValueError(f"max_grad_norm must be None or a finite number > 0, got {max_grad_norm!r}")
-        if distributed not in (None, True, False):
-            raise ValueError(f"distributed must be None, True or False, got {distributed!r}")
-
-        if isinstance(aggregator, str):
-            name = get_aggregator(aggregator).name
-            if name == "came":
-                agg: Aggregator = CAME(
-                    rho, kappa, nu, eps=eps, eps_mode=eps_mode, rectify_on=rectify_on,
-                    allow_kappa_below_one=allow_kappa_below_one,
-                )
-            elif name == "cagrad":
-                agg = CAGrad(c=rho, rescale=cagrad_rescale)
-            elif name == "pcgrad":
-                agg = PCGrad(seed=seed)
-            else:
-                agg = get_aggregator(name)
-        else:
-            agg = get_aggregator(aggregator)
-
-        if isinstance(shared, str):
-            if shared not in ("auto", "all"):
-                raise ValueError(f"shared must be 'auto', 'all' or an iterable of parameters, got {shared!r}")
-            self._shared_mode: str = shared
-            self._shared_ids: set[int] = set()
-        else:
-            try:
-                shared_list = list(shared)
-            except TypeError:
-                raise ValueError("shared must be 'auto', 'all' or an iterable of parameters") from None
-            if not shared_list or not all(isinstance(p, torch.Tensor) for p in shared_list):
-                raise ValueError("shared must be a non-empty iterable of parameter tensors")
-            self._shared_mode = "explicit"
-            self._shared_ids = {id(p) for p in shared_list}
-
+        _validate_options(nonfinite, max_grad_norm, distributed)
+        agg = _build_aggregator(aggregator, rho, kappa, nu, eps, eps_mode, rectify_on, allow_kappa_below_one,
+                                cagrad_rescale, seed)
+        self._shared = _shared_rule(shared)
+        self._shared_mode: str = self._shared.mode
         self._base = base_optimizer
         self._aggregator = agg
         self.nonfinite = nonfinite
@@ -354,14 +366,16 @@ class CAMEGrad(torch.optim.Optimizer):
         self._distributed = distributed
         self._process_group = process_group
         # The flat buffer of the per-task gradients (see ``_flat``): the layout in use, and the
-        # plan for the next step's (None: keep; False: drop; a tuple: build at next backward).
+        # plan for the next step's (None: keep; False: drop; a _Plan: build at next backward).
         self._layout: FlatLayout | None = None
-        self._plan: tuple | bool | None = None
+        self._plan: _Plan | Literal[False] | None = None
         self._use_flat = True  # False: always the per-tensor path (the tests' reference)
         self._clear_pending()
+        self._init_step_hooks()
 
-        # The Optimizer machinery (step hooks, profiling) without registering parameters twice:
-        # the parameters, their groups and their state live in the base optimizer.
+    def _init_step_hooks(self) -> None:
+        """The Optimizer machinery (step hooks, profiling) without registering parameters twice:
+        the parameters, their groups and their state live in the base optimizer."""
         self._optimizer_step_pre_hooks = OrderedDict()
         self._optimizer_step_post_hooks = OrderedDict()
         self._optimizer_state_dict_pre_hooks = OrderedDict()
@@ -435,15 +449,12 @@ class CAMEGrad(torch.optim.Optimizer):
             handle.remove()
         self._hook_handles: list[Any] = []
         self._hook_task: int | None = None
-        self._buffers: dict[torch.Tensor, list[torch.Tensor | None]] = {}
-        self._num_tasks: int | None = None
-        self._task_weights: np.ndarray | None = None
-        self._loss_sum: torch.Tensor | None = None
-        self._n_backward = 0
-        self._scaled = False
-        self._reach: np.ndarray | None = None  # (T, P) bool: task i reached parameter k
-        self._overflow = False  # a gradient of this step found no slot in the flat buffer
-        self._step_layout: FlatLayout | None = None  # the layout this step writes into
+        self._pending: _Pending | None = None
+
+    @property
+    def _buffers(self) -> Buffers:
+        """The pending per-task gradients (empty between steps)."""
+        return self._pending.buffers if self._pending is not None else {}
 
     def _trainable_params(self) -> list[torch.Tensor]:
         seen: set[int] = set()
@@ -472,6 +483,20 @@ class CAMEGrad(torch.optim.Optimizer):
         """Clear the parameters' ``.grad`` (base optimizer) and any pending per-task gradients."""
         self._base.zero_grad(set_to_none=set_to_none)
         self._clear_pending()
+
+    def _check_consistent(self, t_count: int, weights: FloatArray, scaled: bool) -> None:
+        """ValueError unless a later backward() of a step matches the earlier ones."""
+        pend = self._pending
+        if pend is None or pend.n_backward == 0:
+            return
+        if t_count != pend.num_tasks:
+            raise ValueError(
+                f"losses has {t_count} entries but earlier backward() calls of this step had {pend.num_tasks}"
+            )
+        if not np.array_equal(weights, pend.task_weights):
+            raise ValueError("task_weights changed between backward() calls of one step")
+        if scaled != pend.scaled:
+            raise ValueError("scaler must be given to every backward() call of a step or to none")
 
     def backward(
         self,
@@ -502,26 +527,21 @@ class CAMEGrad(torch.optim.Optimizer):
         loss_list = self._loss_list(losses)
         t_count = len(loss_list)
         weights = F._as_weights(task_weights, t_count)
-        if self._num_tasks is not None:
-            if t_count != self._num_tasks:
-                raise ValueError(
-                    f"losses has {t_count} entries but earlier backward() calls of this step had {self._num_tasks}"
-                )
-            if not np.array_equal(weights, self._task_weights):
-                raise ValueError("task_weights changed between backward() calls of one step")
-            if (scaler is not None) != self._scaled:
-                raise ValueError("scaler must be given to every backward() call of a step or to none")
+        self._check_consistent(t_count, weights, scaler is not None)
         params = self._trainable_params()
         if not params:
             raise ValueError("base_optimizer has no parameter with requires_grad=True")
-        if self._n_backward == 0:
+        values = torch.stack([loss.detach().reshape(()).float() for loss in loss_list])
+        pend = self._pending
+        if pend is None or pend.n_backward == 0:
             # step() overwrites every .grad (or sets it to None), so the previous step's gradients
             # are dead weight now: releasing them keeps one gradient copy less alive during the
             # per-task backward passes.
             for p in params:
                 p.grad = None
-            self._start_step(params, t_count, loss_list)
-        values = torch.stack([loss.detach().reshape(()).float() for loss in loss_list])
+            pend = self._start_step(params, loss_list, weights, scaler is not None, values)
+        else:
+            pend.loss_sum = pend.loss_sum + values.to(pend.loss_sum.device)
         if scaler is not None:
             loss_list = [scaler.scale(loss) for loss in loss_list]
         for i, loss in enumerate(loss_list):
@@ -534,17 +554,17 @@ class CAMEGrad(torch.optim.Optimizer):
                 )
             finally:
                 self._hook_task = None
-            self._store(i, params, grads, t_count)
+            self._store(pend, i, params, grads)
             del grads  # else task i's fresh gradients stay alive during task i+1's backward pass
-        self._num_tasks = t_count
-        self._task_weights = weights
-        self._scaled = scaler is not None
-        self._loss_sum = values if self._loss_sum is None else self._loss_sum + values.to(self._loss_sum.device)
-        self._n_backward += 1
+        pend.n_backward += 1
 
-    def _start_step(self, params: list[torch.Tensor], t_count: int, loss_list: list[torch.Tensor]) -> None:
+    def _start_step(
+        self, params: list[torch.Tensor], loss_list: list[torch.Tensor], weights: FloatArray, scaled: bool,
+        values: torch.Tensor,
+    ) -> _Pending:
         """First backward() of a step: build the planned flat buffer, or, with none that fits and
         outside DDP, one planned from the losses' autograd graphs; use it if it fits."""
+        t_count = len(loss_list)
         ids = tuple(id(p) for p in params)
         self._build_planned(params, ids)
         if not self._fits(ids, t_count) and self._flat_wanted(t_count, 1) and self._world_size() == 1:
@@ -554,18 +574,17 @@ class CAMEGrad(torch.optim.Optimizer):
             # layout, so it is planned from the reduced pattern of a first step instead.
             self._plan = self._plan_from_graph(params, ids, loss_list)
             self._build_planned(params, ids)
-        lay = self._layout
-        fits = self._fits(ids, t_count)
-        self._step_layout = lay if fits else None
-        self._reach = np.zeros((t_count, len(params)), dtype=bool)
-        self._overflow = False
-        if fits:
+        lay = self._layout if self._fits(ids, t_count) else None
+        self._clear_pending()  # a first backward() that raised may have left hooks behind
+        self._pending = _Pending(t_count, weights, scaled, np.zeros((t_count, len(params)), dtype=bool), lay, values)
+        if lay is not None:
             # Each parameter's gradient is copied into its slot by a tensor hook the moment the
             # backward pass produces it and autograd.grad returns the slot itself, so a task's
             # fresh gradients never all coexist with the buffer (peak memory at the floor's).
             # The hooks live from the first backward() of a step to its step() (or zero_grad()).
             ref = weakref.ref(self)
             self._hook_handles = [p.register_hook(functools.partial(_slot_hook, ref, p)) for p in lay.slots]
+        return self._pending
 
     def _flat_wanted(self, t_count: int, world: int) -> bool:
         """Whether to keep the gradients in the flat buffer. Not for two tasks in one process:
@@ -578,8 +597,8 @@ class CAMEGrad(torch.optim.Optimizer):
         if self._plan is not None:
             self._layout = None  # release the old buffer before allocating the new one
             plan, self._plan = self._plan, None
-            if plan is not False and plan[0] == ids:
-                self._layout = FlatLayout(params, *plan[1:])
+            if plan is not False and plan.param_ids == ids:
+                self._layout = plan.build(params)
 
     def _fits(self, ids: tuple[int, ...], t_count: int) -> bool:
         lay = self._layout
@@ -588,22 +607,27 @@ class CAMEGrad(torch.optim.Optimizer):
             and all(p.dtype == lay.dtype and p.device == lay.storage.device for p in lay.params)
         )
 
-    def _plan_from_graph(self, params: list[torch.Tensor], ids: tuple[int, ...], loss_list) -> tuple | bool:
-        reach = _graph_reach(loss_list, params)
+    def _plan_from_graph(
+        self, params: list[torch.Tensor], ids: tuple[int, ...], loss_list: list[torch.Tensor]
+    ) -> _Plan | Literal[False]:
+        reach = _flatpath.graph_reach(loss_list, params)
         kinds = {(p.dtype, p.device) for k, p in enumerate(params) if reach[:, k].any()}
         if len(kinds) != 1 or next(iter(kinds))[0] not in (torch.float32, torch.float64):
             return False
         ((dtype, device),) = kinds
-        return (ids, reach, *self._split(params, reach), dtype, device, False)
+        return _Plan(ids, reach, *_pertensor.split_indices(params, reach, self._shared), dtype, device, False)
 
     def _into_slot(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
         """The slot hook's work: copy (or, accumulating, add) ``g`` into its slot; None leaves
         ``g`` as it is (no slot, or a pending gradient outside the buffer)."""
-        lay, i = self._step_layout, self._hook_task
+        pend, i = self._pending, self._hook_task
+        lay = pend.layout if pend is not None else None
         held = lay.slot(p, i) if lay is not None and i is not None else None
-        if held is None or g.dtype != held.dtype or g.device != held.device or g.layout != torch.strided:
+        if pend is None or i is None or held is None:
             return None
-        gs = self._buffers.get(p)
+        if g.dtype != held.dtype or g.device != held.device or g.layout != torch.strided:
+            return None
+        gs = pend.buffers.get(p)
         prev = None if gs is None else gs[i]
         if prev is None:
             held.copy_(g)
@@ -613,41 +637,44 @@ class CAMEGrad(torch.optim.Optimizer):
             return None
         return held
 
-    def _store(self, i: int, params: list[torch.Tensor], grads, t_count: int) -> None:
+    def _store(self, pend: _Pending, i: int, params: list[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
         """Add task ``i``'s gradients to the pending ones: into their slot of the flat buffer
         (one batched copy, or add when accumulating) or, without a slot, kept as returned."""
-        lay = self._step_layout
-        copy_dst, copy_src, add_dst, add_src = [], [], [], []
-        for k, (p, g) in enumerate(zip(params, grads)):
+        lay = pend.layout
+        copy_dst: list[torch.Tensor] = []
+        copy_src: list[torch.Tensor] = []
+        add_dst: list[torch.Tensor] = []
+        add_src: list[torch.Tensor] = []
+        for k, (p, g) in enumerate(zip(params, grads, strict=True)):
             if g is None:
                 continue
             if g.layout != torch.strided:
                 raise ValueError("losses produce a sparse gradient; CAMEGrad needs dense gradients")
-            self._reach[i, k] = True
-            gs = self._buffers.get(p)
+            pend.reach[i, k] = True
+            gs = pend.buffers.get(p)
             if gs is None:
-                gs = self._buffers[p] = [None] * t_count
+                gs = pend.buffers[p] = [None] * pend.num_tasks
             held = lay.slot(p, i) if lay is not None else None
+            prev = gs[i]
             if g is held:  # the slot hook already wrote it
                 gs[i] = held
             elif held is not None and held.dtype == g.dtype and held.device == g.device and (
-                gs[i] is None or gs[i] is held
+                prev is None or prev is held
             ):
-                (copy_dst if gs[i] is None else add_dst).append(held)
-                (copy_src if gs[i] is None else add_src).append(g)
+                (copy_dst if prev is None else add_dst).append(held)
+                (copy_src if prev is None else add_src).append(g)
                 gs[i] = held
             else:
                 # without a slot: a change of pattern (caught by the reach check too), or a
                 # gradient the layout leaves as returned (see FlatLayout's hold_last); under
                 # DDP everything must be held, to travel in the one collective
-                self._overflow |= lay is None or lay.hold_all
-                gs[i] = g if gs[i] is None else gs[i] + g
+                pend.overflow |= lay is None or lay.hold_all
+                gs[i] = g if prev is None else prev + g
         if copy_dst:
             torch._foreach_copy_(copy_dst, copy_src)
         if add_dst:
             torch._foreach_add_(add_dst, add_src)
 
-    # ---------------------------------------------------------------- the step
     def step(  # type: ignore[override]
         self,
         losses: Sequence[torch.Tensor] | torch.Tensor | None = None,
@@ -676,152 +703,24 @@ class CAMEGrad(torch.optim.Optimizer):
         """
         if closure is not None:
             raise ValueError("closure is not supported: pass losses to step() or call backward() first")
+        if closure is not None:
+            raise ValueError("closure is not supported: pass losses to step() or call backward() first")
         if losses is not None:
             self.backward(losses, task_weights, scaler=scaler)
         elif task_weights is not None:
             raise ValueError("task_weights must be given to backward() (or to step() together with losses)")
-        if self._num_tasks is None:
+        pend = self._pending
+        if pend is None or pend.n_backward == 0:
             raise RuntimeError("step() needs losses or a preceding backward() call")
-        if self._scaled and scaler is None:
+        if pend.scaled and scaler is None:
             raise ValueError("backward() was called with a scaler: pass the same scaler to step()")
         try:
             with torch.no_grad():
-                info = self._aggregate_and_step(scaler)
+                info = self._aggregate_and_step(pend, scaler)
         finally:
             self._clear_pending()
         self._last_info = info
         return info
-
-    def _kind(self, p: torch.Tensor, reach: list[int]) -> str:
-        """How a parameter reached by the tasks ``reach`` is combined: "shared" (the aggregated
-        direction), "single" (its one task's weighted gradient) or "multi" (the weighted sum)."""
-        if self._shared_mode == "auto":
-            is_shared = len(reach) >= 2
-        elif self._shared_mode == "all":
-            is_shared = True
-        else:
-            is_shared = id(p) in self._shared_ids
-        return "shared" if is_shared else ("single" if len(reach) == 1 else "multi")
-
-    def _classify(self):
-        t_count = self._num_tasks
-        shared, single, multi = [], [], []
-        for p, gs in self._buffers.items():
-            reach = [i for i in range(t_count) if gs[i] is not None]
-            kind = self._kind(p, reach)
-            if kind == "shared":
-                shared.append((p, reach, gs))
-            elif kind == "single":
-                single.append((p, reach[0], gs[reach[0]]))
-            else:
-                multi.append((p, reach, gs))
-        return shared, single, multi
-
-    def _split(self, params: list[torch.Tensor], reach: np.ndarray) -> tuple[list, list, list]:
-        """Indices of the reached parameters by kind (see :meth:`_kind`), in a canonical order:
-        shared, multi, and (index, task) of single-task parameters sorted by task."""
-        out: dict[str, list] = {"shared": [], "multi": [], "single": []}
-        for k, p in enumerate(params):
-            tasks = np.flatnonzero(reach[:, k]).tolist()
-            if tasks:
-                kind = self._kind(p, tasks)
-                out[kind].append((k, tasks[0]) if kind == "single" else k)
-        return out["shared"], out["multi"], sorted(out["single"], key=lambda ki: (ki[1], ki[0]))
-
-    def _gram(self, shared, device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        """Gram matrix of the task gradients on the shared parameters, float64 on ``device``.
-
-        Dot products run in ``dtype`` (at least the gradients' own precision). float32 is fast
-        but not scale-safe: squares overflow for entries near 1e19 and underflow below about
-        1e-19; :meth:`_aggregate_and_step` checks the result with :func:`_gram_is_trustworthy`
-        and redoes it in float64, which holds the square of every float32 number.
-        """
-        t_count = self._num_tasks
-        gram = torch.zeros(t_count, t_count, dtype=torch.float64, device=device)
-        pair_dots = []
-        for p, reach, gs in shared:
-            vecs = [gs[i].reshape(-1) for i in reach]
-            if vecs[0].dtype != dtype and vecs[0].dtype != torch.float64:
-                vecs = [v.to(dtype) for v in vecs]
-            if t_count == 2 and len(reach) == 2:
-                a, b = vecs
-                pair_dots.append(torch.stack([torch.dot(a, a), torch.dot(a, b), torch.dot(b, b)]))
-                continue
-            # stacked a column chunk at a time: a whole (T, n) copy of a large tensor would
-            # raise the step's peak memory by T times that tensor
-            chunk = max(1, 2**16 // len(vecs))
-            block = torch.zeros(len(vecs), len(vecs), dtype=torch.float64, device=device)
-            for a in range(0, vecs[0].numel(), chunk):
-                mat = torch.stack([v[a : a + chunk] for v in vecs])
-                block += (mat @ mat.T).double()
-            idx = torch.tensor(reach, device=device)
-            gram[idx[:, None], idx[None, :]] += block
-        if pair_dots:
-            d = torch.stack(pair_dots).double().sum(0)
-            gram += torch.stack([torch.stack([d[0], d[1]]), torch.stack([d[1], d[2]])])
-        return gram
-
-    def _exclusive(self) -> set[int]:
-        """ids of buffered gradients that may be overwritten in place.
-
-        A tensor returned by ``autograd.grad`` is fresh, except that pass-through nodes can hand
-        the same tensor to several parameters (``(p + q) @ v``) or an expanded view (``p.sum()``).
-        Only contiguous tensors whose storage no other buffer shares are reused; reusing them
-        saves an allocation and a pass over memory per parameter.
-        """
-        counts: dict[int, int] = {}
-        tensors = [g for gs in self._buffers.values() for g in gs if g is not None]
-        for g in tensors:
-            ptr = g.untyped_storage().data_ptr()
-            counts[ptr] = counts.get(ptr, 0) + 1
-        return {
-            id(g) for g in tensors if g.is_contiguous() and counts[g.untyped_storage().data_ptr()] == 1
-        }
-
-    def _write(self, shared, single, multi, coef: np.ndarray, weights: np.ndarray) -> None:
-        """Write ``sum_i coef_i g_i`` into the shared parameters' ``.grad``, ``omega_i g_i`` into
-        single-task parameters, ``sum_i omega_i g_i`` into the others and None where unreached."""
-        t_count = self._num_tasks
-        own = self._exclusive()
-        full = [(p, gs) for p, reach, gs in shared if len(reach) == t_count]
-        if full:
-            # in place into task 0's buffer where it is exclusively ours, else a fresh tensor
-            inplace = [(p, gs) for p, gs in full if id(gs[0]) in own]
-            fresh = [(p, gs) for p, gs in full if id(gs[0]) not in own]
-            targets = []
-            if inplace:
-                first = [gs[0] for _, gs in inplace]
-                if coef[0] != 1.0:
-                    torch._foreach_mul_(first, float(coef[0]))
-                targets.append((inplace, first))
-            if fresh:
-                targets.append((fresh, torch._foreach_mul([gs[0] for _, gs in fresh], float(coef[0]))))
-            for group, out in targets:
-                for i in range(1, t_count):
-                    torch._foreach_add_(out, [gs[i] for _, gs in group], alpha=float(coef[i]))
-                for (p, _), g in zip(group, out):
-                    p.grad = g
-        for p, reach, gs in shared:
-            if len(reach) < t_count:
-                p.grad = self._weighted_sum(gs, reach, coef)
-        for i in range(t_count):
-            w_i = float(weights[i])
-            mine = [(p, g) for p, j, g in single if j == i and id(g) in own]
-            other = [(p, g) for p, j, g in single if j == i and id(g) not in own]
-            if mine:
-                if w_i != 1.0:
-                    torch._foreach_mul_([g for _, g in mine], w_i)
-                for p, g in mine:
-                    p.grad = g
-            if other:
-                for (p, _), g in zip(other, torch._foreach_mul([g for _, g in other], w_i)):
-                    p.grad = g
-        for p, reach, gs in multi:
-            p.grad = self._weighted_sum(gs, reach, weights)
-        reached = set(id(p) for p in self._buffers)
-        for p in self._trainable_params():
-            if id(p) not in reached:
-                p.grad = None
 
     def _write_skip_signal(self) -> None:
         """Leave one non-finite ``.grad`` and no other: what a GradScaler reads as "skip this step"."""
@@ -830,244 +729,114 @@ class CAMEGrad(torch.optim.Optimizer):
             p.grad = None
         params[0].grad = torch.full_like(params[0], math.inf)
 
-    @staticmethod
-    def _weighted_sum(gs, reach, coef) -> torch.Tensor:
-        out = gs[reach[0]] * float(coef[reach[0]])
-        for i in reach[1:]:
-            out.add_(gs[i], alpha=float(coef[i]))
-        return out
-
     # ---------------------------------------------------------------- DDP and the flat buffer
     def _world_size(self) -> int:
         """Number of processes to average over (1: no collective)."""
-        if self._distributed is False:
-            return 1
-        dist = torch.distributed
-        if not (dist.is_available() and dist.is_initialized()):
-            if self._distributed:
-                raise RuntimeError("CAMEGrad(distributed=True) needs an initialised torch.distributed process group")
-            return 1
-        return dist.get_world_size(self._process_group)
+        return _ddp.world_size(self._distributed, self._process_group)
 
-    def _synchronise(self, params: list[torch.Tensor], world: int) -> bool:
+    def _synchronise(self, pend: _Pending, params: list[torch.Tensor], world: int) -> bool:
         """Zero stale slots, average over the processes (DDP) and say whether the flat fast path
         applies: every gradient of this step sits in the buffer laid out for this reach pattern."""
-        lay = self._step_layout
+        lay = pend.layout
         if lay is not None:
-            lay.zero_unwritten(self._buffers)
+            lay.zero_unwritten(pend.buffers)
         if world > 1:
-            self._all_reduce(params, lay, world)
-        return lay is not None and not self._overflow and np.array_equal(self._reach, lay.reach)
+            local = _ddp.Reduced(pend.loss_sum, pend.reach, pend.overflow)
+            reduced = _ddp.all_reduce(params, pend.buffers, lay, local, world, self._process_group)
+            pend.loss_sum, pend.reach, pend.overflow = reduced.loss_sum, reduced.reach, reduced.overflow
+        return lay is not None and not pend.overflow and np.array_equal(pend.reach, lay.reach)
 
-    def _all_reduce(self, params: list[torch.Tensor], lay: FlatLayout | None, world: int) -> None:
-        """One all_reduce of the flat buffer, whose meta part carries the losses, the reach bitmap
-        and the overflow count, so every later decision is taken on the same data on every rank.
-        Gradients without a slot (first step, changed pattern) take one more collective."""
-        t_count, p_count = self._reach.shape
-        if lay is not None:
-            meta, target = lay.meta, lay.storage
-        else:
-            meta = torch.empty(t_count * (p_count + 1) + 1, dtype=torch.float64, device=self._loss_sum.device)
-            target = meta
-        meta[:t_count] = self._loss_sum.to(meta)
-        meta[t_count:-1] = torch.from_numpy(self._reach.reshape(-1)).to(meta)
-        meta[-1] = float(self._overflow)
-        torch.distributed.all_reduce(target, group=self._process_group)
-        host = meta.double().cpu().numpy()
-        self._loss_sum = torch.from_numpy(host[:t_count] / world)
-        self._reach = host[t_count:-1].reshape(t_count, p_count) > 0.5
-        self._overflow = bool(host[-1] > 0.5)
-        missing = []
-        for k, p in enumerate(params):
-            for i in np.flatnonzero(self._reach[:, k]).tolist():
-                held = lay.slot(p, i) if lay is not None else None
-                gs = self._buffers.setdefault(p, [None] * t_count)
-                if held is not None:
-                    gs[i] = held  # reduced in place (zeros from ranks that did not reach it)
-                else:
-                    missing.append((p, i))
-        if missing:
-            self._exchange(missing)
-
-    def _exchange(self, missing: list[tuple[torch.Tensor, int]]) -> None:
-        """All-reduce the gradients that have no slot, one collective per dtype, in the order
-        every rank derives from the reduced reach bitmap (zeros where a rank has none)."""
-        groups: dict[torch.dtype, list[tuple[torch.Tensor, int]]] = {}
-        for p, i in missing:
-            dt = p.dtype if p.dtype in (torch.float32, torch.float64) else torch.float32
-            groups.setdefault(dt, []).append((p, i))
-        for dt in sorted(groups, key=str):
-            items = groups[dt]
-            local = [self._buffers[p][i] for p, i in items]
-            flat = torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1).to(dt)
-                              for (p, _), g in zip(items, local)])
-            del local
-            torch.distributed.all_reduce(flat, group=self._process_group)
-            off = 0
-            for p, i in items:
-                self._buffers[p][i] = flat[off : off + p.numel()].view_as(p).to(p.dtype)
-                off += p.numel()
-
-    def _plan_layout(self, params: list[torch.Tensor], world: int) -> None:
+    def _plan_layout(self, pend: _Pending, params: list[torch.Tensor], world: int) -> None:
         """Plan the next step's flat buffer from this step's (reduced) reach pattern: keep the
         current one if the pattern is unchanged, none for mixed or low-precision gradients.
         Under DDP it holds the last task's gradients too, so that one collective carries all."""
-        lay, reach = self._layout, self._reach
+        lay, reach = self._layout, pend.reach
         ids = tuple(id(p) for p in params)
         hold_last = world > 1
         if (lay is not None and lay.param_ids == ids and np.array_equal(lay.reach, reach)
                 and (lay.held_rows == lay.num_tasks) == (hold_last or lay.num_tasks == 1)):
             return
-        kinds = {(g.dtype, g.device) for gs in self._buffers.values() for g in gs if g is not None}
-        if not self._flat_wanted(reach.shape[0], world) or len(kinds) != 1 or next(iter(kinds))[0] not in (torch.float32, torch.float64):
+        kinds = {(g.dtype, g.device) for gs in pend.buffers.values() for g in gs if g is not None}
+        if (not self._flat_wanted(reach.shape[0], world) or len(kinds) != 1
+                or next(iter(kinds))[0] not in (torch.float32, torch.float64)):
             self._plan = False
             return
         ((dtype, device),) = kinds
-        self._plan = (ids, reach.copy(), *self._split(params, reach), dtype, device, hold_last)
+        split = _pertensor.split_indices(params, reach, self._shared)
+        self._plan = _Plan(ids, reach.copy(), *split, dtype, device, hold_last)
 
-    def _write_flat(self, lay: FlatLayout, coef: np.ndarray, weights: np.ndarray) -> None:
-        """The fast path's write: the combined direction into row 0 of the shared rows, the
-        weighted sum into row 0 of the multi rows, heads scaled in place, ``.grad`` = views."""
-        r, last = lay.held_rows, self._num_tasks - 1
-        combine_into_row0(lay.shared_rows, coef[:r])
-        combine_into_row0(lay.multi_rows, weights[:r])
-        for i, tail in enumerate(lay.tails):
-            if tail.numel() and weights[i] != 1.0:
-                tail.mul_(float(weights[i]))
-        if r <= last:  # the last task's gradients, not held: added into row 0, heads scaled
-            for kind, c in (("shared", coef[last]), ("multi", weights[last])):
-                pairs = [(lay.slots[p][0], self._buffers[p][last]) for p, _ in lay.row_params[kind]]
-                pairs = [(v, g) for v, g in pairs if g is not None]
-                if pairs:
-                    torch._foreach_add_([v for v, _ in pairs], [g for _, g in pairs], alpha=float(c))
-        own = self._exclusive() if lay.fresh_single else set()
-        for p, i in lay.fresh_single:  # heads: omega_i g_i, in place where the tensor is ours
-            g = self._buffers[p][i]
-            p.grad = g.mul_(float(weights[i])) if id(g) in own else g * float(weights[i])
-        for p, view in lay.grad_views:
-            p.grad = view
-        for p in self._trainable_params():
-            if p not in lay.params:
-                p.grad = None
-
-    def _sources(self, fast: bool) -> dict[str, Any]:
+    def _sources(self, pend: _Pending, fast: bool, params: list[torch.Tensor]) -> Sources:
         """What the step needs from the gradients, from the flat buffer or per tensor."""
-        lay = self._step_layout
-        if fast:
-            last = self._num_tasks - 1
-            ns = [(tail, i) for i, tail in enumerate(lay.tails) if tail.numel()]
-            ns += [(lay.multi_rows[i], i) for i in range(lay.held_rows) if lay.multi_rows.shape[1]]
-            ns += [(self._buffers[p][i], i) for p, i in lay.fresh_single]
-            if lay.held_rows <= last:
-                fresh = [p for p, _ in lay.row_params["multi"]]
-                ns += [(self._buffers[p][last], last) for p in fresh if self._buffers[p][last] is not None]
-
-                def gram(dtype=None):
-                    return lay.last_gram(self._buffers, dtype)
-            else:
-                def gram(dtype=None):
-                    return block_gram(lay.shared_rows, dtype)
-            return dict(
-                device=lay.storage.device, gram=gram(), redo=lambda: gram(torch.float64),
-                ns_grads=[g for g, _ in ns], ns_tasks=[i for _, i in ns],
-                shared_tasks=lay.shared_tasks, shared_numel=lay.shared_rows.shape[1],
-                has_shared=lay.n_shared > 0, write=lambda c, w: self._write_flat(lay, c, w),
+        t_count, buffers = pend.num_tasks, pend.buffers
+        if fast and pend.layout is not None:
+            lay = pend.layout
+            return _flatpath.flat_sources(
+                lay, buffers, t_count, lambda c, w: _flatpath.write_flat(lay, buffers, params, c, w)
             )
-        shared, single, multi = self._classify()
-        t_count = self._num_tasks
-        any_grad = next((gs[i] for gs in self._buffers.values() for i in range(t_count) if gs[i] is not None), None)
-        device = any_grad.device if any_grad is not None else self._loss_sum.device
-        return dict(
-            device=device, gram=self._gram(shared, device),
-            redo=lambda: self._gram(shared, device, torch.float64),
-            ns_grads=[g for _, _, g in single] + [gs[i] for _, reach, gs in multi for i in reach],
+        parts = _pertensor.classify(buffers, t_count, self._shared)
+        shared, single, multi = parts
+        any_grad = next((g for gs in buffers.values() for g in gs if g is not None), None)
+        device = any_grad.device if any_grad is not None else pend.loss_sum.device
+        return Sources(
+            device=device, gram=_pertensor.shared_gram(shared, t_count, device),
+            redo=lambda: _pertensor.shared_gram(shared, t_count, device, torch.float64),
+            ns_grads=[g for _, _, g in single] + [g for _, reach, gs in multi for g in _pertensor._present(gs, reach)],
             ns_tasks=[i for _, i, _ in single] + [i for _, reach, _ in multi for i in reach],
             shared_tasks={i for _, reach, _ in shared for i in reach},
             shared_numel=sum(p.numel() for p, _, _ in shared), has_shared=bool(shared),
-            write=lambda c, w: self._write(shared, single, multi, c, w),
+            write=lambda c, w: _pertensor.write(buffers, params, parts, c, w),
         )
 
-    def _host_stats(self, src: dict[str, Any], world: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Gram matrix (per-process average units), losses and the non-shared gradients' largest
-        entries (a finiteness check that cannot overflow, unlike a norm), in one host transfer.
-
-        The largest entries come from ``aminmax`` (NaN propagates into both): the CPU kernel of
-        an infinity norm is not vectorised and took 5.5 ms on a 1.4M-entry decoder gradient,
-        ``aminmax`` 0.15 ms.
-        """
-        t_count, device = self._num_tasks, src["device"]
-        pieces = [src["gram"].reshape(-1), self._loss_sum.to(device, torch.float64)]
-        grads = [g.float() if _is_low_precision(g) else g for g in src["ns_grads"]]
-        extremes = [torch.stack(torch.aminmax(g.reshape(-1))) if g.numel() else g.new_zeros(2) for g in grads]
-        if extremes:
-            pieces.append(torch.cat(extremes).to(torch.float64))
-        host = torch.cat(pieces).cpu().numpy()
-        gram = host[: t_count * t_count].reshape(t_count, t_count)
-        if not _gram_is_trustworthy(gram, src["shared_tasks"]):
-            gram = src["redo"]().cpu().numpy()
-        ns = np.abs(host[t_count * (t_count + 1) :].reshape(-1, 2)).max(axis=1)  # NaN stays NaN
-        # the reduced gradients are sums over the processes: the average's Gram is 1/world^2 of it
-        return gram / world**2, host[t_count * t_count : t_count * (t_count + 1)], ns
-
-    def _aggregate_and_step(self, scaler: torch.amp.GradScaler | None) -> StepInfo:
-        t_count = self._num_tasks
-        weights = self._task_weights
+    # ---------------------------------------------------------------- the step
+    def _aggregate_and_step(self, pend: _Pending, scaler: torch.amp.GradScaler | None) -> StepInfo:
+        """Reduce (DDP), measure, aggregate, write ``.grad`` and step, or skip a non-finite step."""
+        weights = pend.task_weights
         self._step_count += 1
         params = self._trainable_params()
         world = self._world_size()
-        fast = self._synchronise(params, world)
-        self._plan_layout(params, world)
-        src = self._sources(fast)
-        gram, losses, ns_norms = self._host_stats(src, world)
+        fast = self._synchronise(pend, params, world)
+        self._plan_layout(pend, params, world)
+        src = self._sources(pend, fast, params)
+        gram, losses, ns_norms = _stats.host_stats(src, pend.loss_sum, pend.num_tasks, world)
         grad_scale = float(scaler.get_scale()) if scaler is not None else None
         if grad_scale:
             gram = gram / grad_scale**2
-            if not self._scaled:  # recipe B: the caller passed already scaled losses to backward()
+            if not pend.scaled:  # recipe B: the caller passed already scaled losses to backward()
                 losses = losses / grad_scale
-        ns_tasks = src["ns_tasks"]
-
-        bad = set()
-        bad.update(int(i) for i in np.flatnonzero(~np.isfinite(losses)))
-        bad.update(int(i) for i in np.flatnonzero(~np.isfinite(np.diag(gram))))
-        bad.update(ns_tasks[k] for k in np.flatnonzero(~np.isfinite(ns_norms)))
-        if not bad and not np.all(np.isfinite(gram)):
-            bad.update(range(t_count))
-
-        result: AggregationResult | None = None
-        if not bad:
-            if src["has_shared"]:
-                result = self._aggregator(gram, weights)
-            else:
-                result = dataclasses.replace(
-                    F.linear_scalarization(gram, weights),
-                    method=self._aggregator.name,
-                    degenerate="no_shared_parameters",
-                )
-            if not np.all(np.isfinite(result.coefficients)):
-                bad.update(range(t_count))
-                result = None
-
+        bad = _stats.nonfinite_tasks(losses, gram, ns_norms, src.ns_tasks)
+        result = None if bad else self._aggregate(gram, weights, src.has_shared)
         base_info = dict(
             step=self._step_count,
             method=self._aggregator.name,
-            num_tasks=t_count,
+            num_tasks=pend.num_tasks,
             task_weights=weights.copy(),
             losses=losses.copy(),
-            num_backward=self._n_backward,
+            num_backward=pend.n_backward,
             inner_products=gram.copy(),
-            weighted_inner_products=_weighted(gram, weights),
-            shared_numel=src["shared_numel"],
+            weighted_inner_products=_stats.weighted(gram, weights),
+            shared_numel=src.shared_numel,
             grad_scale=grad_scale,
         )
-        if bad:
-            return self._skip(base_info, bad, scaler)
-        assert result is not None
+        if result is None:
+            return self._skip(base_info, bad or set(range(pend.num_tasks)), scaler)
         # averaging over the processes is folded into the coefficients: no pass over the buffer
-        src["write"](result.coefficients / world, weights / world)
+        src.write(result.coefficients / world, weights / world)
         return self._finish(base_info, result, scaler)
 
+    def _aggregate(self, gram: FloatArray, weights: FloatArray, has_shared: bool) -> AggregationResult | None:
+        """The aggregator's result on a finite Gram matrix, or None if its coefficients are not finite."""
+        if has_shared:
+            result = self._aggregator(gram, weights)
+        else:
+            result = dataclasses.replace(
+                F.linear_scalarization(gram, weights),
+                method=self._aggregator.name,
+                degenerate="no_shared_parameters",
+            )
+        return result if np.all(np.isfinite(result.coefficients)) else None
+
     def _skip(self, base_info: dict[str, Any], bad: set[int], scaler: torch.amp.GradScaler | None) -> StepInfo:
-        t_count = self._num_tasks
+        t_count = int(base_info["num_tasks"])
         reason = f"non-finite loss or gradient in task(s) {sorted(bad)}"
         if scaler is not None:
             # Let the scaler see the overflow, so that scaler.step() skips the update and the
@@ -1093,7 +862,7 @@ class CAMEGrad(torch.optim.Optimizer):
             if scaler is not None:
                 scaler.unscale_(self._base)
             with_grad = [p.grad for p in self._trainable_params() if p.grad is not None]
-            grad_norm, clip_coef = _clip_grad_norm_(with_grad, self.max_grad_norm)
+            grad_norm, clip_coef = _stats.clip_grad_norm_(with_grad, self.max_grad_norm)
         if scaler is not None:
             scaler.step(self._base)
         else:
