@@ -189,3 +189,29 @@ def test_plan_choice_and_output_folder(tmp_path, monkeypatch):
     assert P.default_output_dir() == drive / "camegrad_mini"
     monkeypatch.setenv(P.RUNS_ENV, str(tmp_path / "elsewhere"))
     assert P.default_output_dir() == tmp_path / "elsewhere"
+
+
+def test_progress_lines_one_deterministic_line_per_training(tmp_path, capsys):
+    kw = dict(plan="tiny", seeds=[0], progress="lines", verbose=False)
+    res = P.run_chapter6("phantom", tmp_path / "a", **kw)
+    first = capsys.readouterr()
+    summaries = {r["run"]: r for r in RunFolder(res.results).runs}
+    epochs = summaries["ls_s0"]["epochs_completed"]
+    assert first.out.splitlines() == [f"LS seed 0: {epochs} epochs (1 of 2)",
+                                      f"CAME-Grad seed 0: {epochs} epochs (2 of 2)"]
+    assert first.err == ""                                          # no tqdm bar, no timings
+    P.run_chapter6("phantom", tmp_path / "b", **kw)                 # the same text on a second run
+    assert capsys.readouterr().out == first.out
+    P.run_chapter6("phantom", tmp_path / "a", **kw)                 # nothing trained: nothing printed
+    assert capsys.readouterr().out == ""
+    with pytest.raises(ValueError, match="progress"):
+        P.run_chapter6("phantom", tmp_path / "c", **{**kw, "progress": "bars"})
+
+
+def test_progress_lines_say_when_a_run_was_cut_short():
+    said = []
+    report = P._line_reporter(3, said.append)
+    report("came", 2, {"epochs_completed": 4, "best_epoch": 1, "stopped_early": True})
+    report("pcgrad", 0, {"epochs_completed": 8, "best_epoch": 7})
+    assert said == ["CAME-Grad seed 2: 4 epochs (cut short by the time limit) (1 of 3)",
+                    "PCGrad seed 0: 8 epochs (2 of 3)"]

@@ -91,3 +91,35 @@ def test_plot_sensitivity_paired_draws_t_intervals_from_the_default():
         VE.plot_sensitivity([0.0, 0.5, 1.0], {"SGD": v}, default=0.3, paired=True)
     with pytest.raises(ValueError, match="log"):
         VE.plot_sensitivity([0.0, 0.5, 1.0], {"SGD": v}, default=0.5, paired=True, log=True)
+
+
+def test_legend_false_leaves_one_shared_figure_legend():
+    import matplotlib.pyplot as plt
+
+    gen = np.random.default_rng(1)
+    fig, axes = plt.subplots(1, 2, layout="constrained")
+    curves = {"LS": gen.random((3, 20)) + 1.0, "CAME-Grad": gen.random((3, 20)) + 2.0}
+    VE.plot_bands(curves, ax=axes[0], legend=False)
+    VE.plot_bands({"LS": curves["LS"], "MGDA": curves["CAME-Grad"]}, ax=axes[1], legend=False)
+    assert axes[0].get_legend() is None and axes[1].get_legend() is None
+    leg = VE.figure_legend(fig, axes)
+    assert [t.get_text() for t in leg.get_texts()] == ["LS", "CAME-Grad", "MGDA"]  # each label once, in order
+    assert leg in fig.legends
+    with pytest.raises(ValueError, match="labelled"):
+        VE.figure_legend(fig, [fig.add_subplot(3, 3, 9)])
+
+
+def test_panel_legends_are_not_tiny_and_endpoints_can_skip_theirs():
+    xs = {"LS": np.linspace([0.0, 1.0], [0.9, 0.0], 11)[None].repeat(2, 0)}
+    assert VE.plot_endpoints(QuadraticPair(), xs, legend=False).get_legend() is None
+    ax = VE.plot_endpoints(QuadraticPair(), xs)
+    assert min(t.get_fontsize() for t in ax.get_legend().get_texts()) >= 8
+
+
+def test_plot_sensitivity_without_legend_labels_curves_by_key():
+    v = np.arange(12.0).reshape(3, 4)
+    ax = VE.plot_sensitivity([0.0, 0.5, 1.0], {"SGD": v}, default=0.5, legend=False)
+    assert ax.get_legend() is None
+    assert "SGD" in ax.get_legend_handles_labels()[1]
+    ax = VE.plot_sensitivity([0.0, 0.5, 1.0], {"SGD": v}, default=0.5, paired=True)
+    assert "SGD (95% t-CI)" in [t.get_text() for t in ax.get_legend().get_texts()]

@@ -15,9 +15,22 @@ Three things differ from one execution to the next without any result changing:
 
 New ids are derived from the notebook's file name and a counter, so they stay unique across the
 chapters of the site. Nothing else is touched: a printed 32-digit hex number stays as it is.
+
+A fourth source of noise is real: cells whose output depends on the machine (timings, speeds, the
+date of a live run, the last digits of a trained model's metrics). nbval does not compare them
+(tag ``nbval-ignore-output`` or the comment marker ``# NBVAL_IGNORE_OUTPUT``), and
+:func:`keep_ignored_outputs` makes the refresh leave them alone as well: such a cell keeps its
+stored output when its source has not changed since that output was stored, so that its output
+changes only when the maintainer asks (``make refresh ... TIMINGS=1``, i.e.
+``refresh_notebooks.py --timings``). "Since that output was stored" is recorded in the cell's
+metadata (``refresh.source_sha256``: a hash of the source, written whenever the refresh stores or
+keeps the cell's output); a cell without it, or whose source changed, gets its fresh output.
+Cells that display widgets are exempt (their views point into the notebook's widget state, which
+is stored fresh on every run): they always get their fresh output, without a hash.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import re
@@ -29,6 +42,11 @@ _ANIM = re.compile(r"(_anim_(?:img|slider|loop_select|radio\d_)|\banim)([0-9a-f]
 _REF = re.compile(r"IPY_MODEL_([0-9a-f]{32})")
 
 
+IGNORE_TAG = "nbval-ignore-output"
+_IGNORE_MARKERS = ("NBVAL_IGNORE_OUTPUT", "PYTEST_VALIDATE_IGNORE_OUTPUT")  # nbval's comment markers
+HASH_KEY = "source_sha256"
+
+
 def _new_id(stem: str, kind: str, k: int) -> str:
     return hashlib.md5(f"{stem}:{kind}:{k}".encode()).hexdigest()
 
@@ -36,17 +54,21 @@ def _new_id(stem: str, kind: str, k: int) -> str:
 def merge_streams(nb: Any) -> None:
     """Join consecutive ``stream`` outputs of the same name in every code cell."""
     for cell in nb.cells:
-        if cell.cell_type != "code":
-            continue
-        merged: list[Any] = []
-        for out in cell.outputs:
-            prev = merged[-1] if merged else None
-            if (out.output_type == "stream" and prev is not None and prev.output_type == "stream"
-                    and prev.name == out.name):
-                prev.text = prev.text + out.text
-            else:
-                merged.append(out)
-        cell.outputs = merged
+        if cell.cell_type == "code":
+            merge_streams_cell(cell)
+
+
+def merge_streams_cell(cell: Any) -> None:
+    """:func:`merge_streams` for one code cell."""
+    merged: list[Any] = []
+    for out in cell.outputs:
+        prev = merged[-1] if merged else None
+        if (out.output_type == "stream" and prev is not None and prev.output_type == "stream"
+                and prev.name == out.name):
+            prev.text = prev.text + out.text
+        else:
+            merged.append(out)
+    cell.outputs = merged
 
 
 def _widget_order(nb: Any, state: dict[str, Any]) -> list[str]:
@@ -116,3 +138,63 @@ def canonicalize(nb: Any, stem: str) -> None:
     merge_streams(nb)
     rename_widgets(nb, stem)
     rename_animations(nb, stem)
+
+
+# ----------------------------------------------------------------------------------------------
+# Machine-dependent cells: keep the stored output unless asked (module docstring)
+# ----------------------------------------------------------------------------------------------
+
+def ignores_output(cell: Any) -> bool:
+    """Whether nbval ignores this cell's output (its tag, or its comment marker as nbval reads it)."""
+    if cell.get("cell_type") != "code":
+        return False
+    if IGNORE_TAG in cell.get("metadata", {}).get("tags", []):
+        return True
+    return any(line.strip().startswith("#") and line.strip().lstrip("#").strip() in _IGNORE_MARKERS
+               for line in cell.get("source", "").splitlines())
+
+
+def source_hash(source: str) -> str:
+    return hashlib.sha256(source.encode()).hexdigest()[:16]
+
+
+def _has_widget_view(outputs: list[Any]) -> bool:
+    return any(VIEW_MIME in out.get("data", {}) for out in outputs)
+
+
+def keep_ignored_outputs(nb: Any, stored: list[Any], fresh: bool = False) -> list[int]:
+    """After a re-execution of ``nb``, put back the stored output of every machine-dependent cell
+    whose source is unchanged (module docstring); in place.
+
+    Args:
+        nb: The executed notebook.
+        stored: Its code cells as they were before the execution (same cells, same order).
+        fresh: Keep nothing: store every fresh output (``--timings``); the hashes are renewed.
+
+    Returns:
+        The indices (among the code cells) of the cells whose stored output was kept although the
+        fresh one differs: what ``--timings`` would change.
+    """
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    if len(code) != len(stored):
+        raise ValueError(f"{len(stored)} stored code cells for {len(code)} executed ones")
+    differ = []
+    for k, (cell, old) in enumerate(zip(code, stored)):
+        meta = cell.metadata
+        if not ignores_output(cell) or _has_widget_view(cell.outputs) or _has_widget_view(old.get("outputs", [])):
+            if isinstance(meta.get("refresh"), dict):
+                meta["refresh"].pop(HASH_KEY, None)
+                if not meta["refresh"]:
+                    del meta["refresh"]
+            continue
+        h = source_hash(cell.source)
+        unchanged = old.get("source") == cell.source and old.get("metadata", {}).get("refresh", {}).get(HASH_KEY) == h
+        if unchanged and not fresh:
+            merge_streams_cell(cell)
+            new_text = json.dumps(cell.outputs, sort_keys=True)
+            cell.outputs = copy.deepcopy(old.get("outputs", []))
+            merge_streams_cell(cell)
+            if json.dumps(cell.outputs, sort_keys=True) != new_text:
+                differ.append(k)
+        meta.setdefault("refresh", {})[HASH_KEY] = h
+    return differ

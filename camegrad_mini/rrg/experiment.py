@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -62,21 +62,26 @@ def run_name(method: str, seed: int) -> str:
 
 def run_grid(config: str, methods: Sequence[str], seeds: Sequence[int], out_root: str | Path,
              overrides: dict[str, Any] | None = None, jobs: int = 1, dataset: Any | None = None,
-             resume: bool = True, max_train_seconds: float | None = None) -> list[dict[str, Any]]:
+             resume: bool = True, max_train_seconds: float | None = None,
+             report: Callable[[str, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """Train every (method, seed); return the run summaries in ``methods x seeds`` order.
 
     ``jobs == 1`` trains in this process and loads the data once for all runs (what the CPU
     chapter does). ``jobs > 1`` launches ``python -m camegrad_mini.rrg.train`` subprocesses, at
     most ``jobs`` at a time, each with its log in ``<run>/train.log`` (what the GPU script does:
     small models leave a big GPU idle, so several processes share it).
+
+    ``report(method, seed, summary)``, when given, is called once per finished training, as it
+    finishes (e.g. to print one line of progress; :func:`camegrad_mini.rrg.pipeline.run_chapter6`).
     """
     return run_pairs(config, [(m, s) for m in methods for s in seeds], out_root, overrides, jobs, dataset, resume,
-                     max_train_seconds)
+                     max_train_seconds, report)
 
 
 def run_pairs(config: str, pairs: Sequence[tuple[str, int]], out_root: str | Path,
               overrides: dict[str, Any] | None = None, jobs: int = 1, dataset: Any | None = None,
-              resume: bool = True, max_train_seconds: float | None = None) -> list[dict[str, Any]]:
+              resume: bool = True, max_train_seconds: float | None = None,
+              report: Callable[[str, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """:func:`run_grid` for an explicit list of ``(method, seed)`` pairs (e.g. the runs of a grid
     that are not finished yet, :mod:`camegrad_mini.rrg.pipeline`); summaries in the pairs' order."""
     from camegrad_mini.rrg import train as T
@@ -106,7 +111,7 @@ def run_pairs(config: str, pairs: Sequence[tuple[str, int]], out_root: str | Pat
             pid = holder(root / run_name(m, s))
             if pid is not None:
                 raise FolderInUse(in_use_message(root / run_name(m, s), pid))
-        return _run_pairs(T, config, pairs, root, overrides, jobs, dataset, resume)
+        return _run_pairs(T, config, pairs, root, overrides, jobs, dataset, resume, report)
 
 
 def _last_line(path: Path) -> str:
@@ -118,14 +123,20 @@ def _last_line(path: Path) -> str:
 
 
 def _run_pairs(T: Any, config: str, pairs: list[tuple[str, int]], root: Path, overrides: dict[str, Any], jobs: int,
-               dataset: Any | None, resume: bool) -> list[dict[str, Any]]:
+               dataset: Any | None, resume: bool,
+               report: Callable[[str, int, dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     methods, seeds = [m for m, _ in pairs], [s for _, s in pairs]
     if jobs == 1:
         first = T.get_config(config, method=methods[0], seed=seeds[0], **overrides)
         device = T._resolve_device(first.device)
         data = T.prepare_data(first, device, dataset)
-        return [T.train(T.get_config(config, method=m, seed=s, **overrides), root / run_name(m, s),
-                        resume=resume, data=data) for m, s in pairs]
+        summaries = []
+        for m, s in pairs:
+            summaries.append(T.train(T.get_config(config, method=m, seed=s, **overrides), root / run_name(m, s),
+                                     resume=resume, data=data))
+            if report is not None:
+                report(m, s, summaries[-1])
+        return summaries
 
     # subprocesses: warm the on-disk data cache once so that N processes do not all build it
     T.load_dataset(T.get_config(config, **overrides))
@@ -158,6 +169,8 @@ def _run_pairs(T: Any, config: str, pairs: list[tuple[str, int]], root: Path, ov
                 running.remove(item)
                 if proc.returncode != 0:
                     failed.append((m, s, proc.returncode))
+                elif report is not None:
+                    report(m, s, json.loads((root / run_name(m, s) / "summary.json").read_text()))
     if failed:
         why = "; ".join(f"{run_name(m, s)} (exit {rc}): {_last_line(root / run_name(m, s) / 'train.log')}"
                         for m, s, rc in failed)

@@ -30,6 +30,11 @@ GPU, ``"a100"`` on a GPU with bfloat16 and at least 30 GB (A100, H100), else ``"
 estimates, with their arithmetic, are in ``results/gpu_estimate.md`` (``tools/estimate_gpu_time.py``).
 On a GPU the runs go as separate processes, as many at a time as there are CPU cores (at most
 one per run): each process launches its own kernels, so runs do not wait for each other's launches.
+
+``progress`` says how a call shows it is alive: ``True`` draws tqdm bars (download, image cache,
+the training steps), ``False`` shows nothing, and ``"lines"`` prints one line per finished
+training and nothing else, with no timings (``LS seed 0: 8 epochs (1 of 6)``): text
+that a rerun reproduces, so a notebook whose outputs are compared (strict nbval) can show it.
 """
 from __future__ import annotations
 
@@ -58,6 +63,8 @@ RUNS_ENV = "CAMEGRAD_MINI_RUNS"
 #: Where Colab mounts Google Drive (``drive.mount('/content/drive')``).
 DRIVE = Path("/content/drive/MyDrive")
 _MOUNT = "from google.colab import drive; drive.mount('/content/drive')"
+#: How the progress lines name the methods.
+_NAMES = {"ls": "LS", "came": "CAME-Grad", "pcgrad": "PCGrad", "cagrad": "CAGrad", "mgda": "MGDA"}
 
 
 @dataclass(frozen=True)
@@ -313,16 +320,34 @@ def _step_bar(folders: list[Path], total: int, enabled: bool) -> Iterator[None]:
         bar.close()
 
 
+def _line_reporter(n: int, say: Callable[[str], None] = print) -> Callable[[str, int, dict[str, Any]], None]:
+    """``progress="lines"``: one line per finished training, deterministic (no timings)."""
+    done = [0]
+
+    def report(method: str, seed: int, summary: dict[str, Any]) -> None:
+        done[0] += 1
+        # No trained result (best epoch, scores) on the line: the chapter's nbval comparison of this
+        # output must not depend on floating point that can differ across CPUs.
+        cut = " (cut short by the time limit)" if summary.get("stopped_early") else ""
+        say(f"{_NAMES.get(method, method)} seed {seed}: {summary.get('epochs_completed')} epochs{cut} "
+            f"({done[0]} of {n})")
+        sys.stdout.flush()
+
+    return report
+
+
 def _train(config: str, todo: list[tuple[str, int]], runs: Path, settings: dict[str, Any], jobs: int, ds: Any,
-           progress: bool) -> None:
+           progress: bool | str) -> None:
     from .experiment import run_name, run_pairs
 
+    bars = progress is True
+    report = _line_reporter(len(todo)) if progress == "lines" else None
     if jobs == 1:
-        run_pairs(config, todo, runs, {**settings, "progress": progress}, jobs=1, dataset=ds)
+        run_pairs(config, todo, runs, {**settings, "progress": bars}, jobs=1, dataset=ds, report=report)
         return
     total = len(todo) * _steps_per_run(config, settings, ds)
-    with _step_bar([runs / run_name(m, s) for m, s in todo], total, progress):
-        run_pairs(config, todo, runs, {**settings, "progress": False}, jobs=jobs)
+    with _step_bar([runs / run_name(m, s) for m, s in todo], total, bars):
+        run_pairs(config, todo, runs, {**settings, "progress": False}, jobs=jobs, report=report)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,15 +424,20 @@ def _export(exp: Path, names: list[str], meta: dict[str, Any]) -> Path:
 def run_chapter6(images: str = "phantom", out: str | os.PathLike | None = None, *, plan: str = "auto",
                  methods: Sequence[str] | None = None, seeds: Sequence[int] | None = None,
                  overrides: Mapping[str, Any] | None = None, jobs: int | str = "auto",
-                 base_url: str = OPENI_BASE, progress: bool = True, verbose: bool = True) -> Chapter6Run:
+                 base_url: str = OPENI_BASE, progress: bool | str = True, verbose: bool = True) -> Chapter6Run:
     """Train and score chapter 6's comparison on ``images`` ("phantom" or "real"); module docstring.
 
     ``out``: the persistent folder (default :func:`default_output_dir`). ``plan``: a key of
     :data:`PLANS` or "auto"; ``methods``, ``seeds`` and ``overrides`` (TrainConfig fields) change
     the plan's. ``jobs``: trainings at a time ("auto": one per CPU core on a GPU, 1 on a CPU).
-    ``base_url``: where the Open-i archives are (a mirror, ``file://`` too). Raises on any failed
-    step (the message says what to do); never returns a partial result.
+    ``base_url``: where the Open-i archives are (a mirror, ``file://`` too). ``progress``: True
+    (tqdm bars), False (none) or "lines" (one deterministic line per finished training; the
+    download, if any, still shows its bar); module docstring. ``verbose``: say what is done
+    (plan, folders), apart from the progress. Raises on any failed step (the message says what
+    to do); never returns a partial result.
     """
+    if not (isinstance(progress, bool) or progress == "lines"):
+        raise ValueError(f"progress={progress!r} must be True, False or 'lines'")
     say = print if verbose else (lambda _msg: None)
     if images not in ("phantom", "real"):
         raise ValueError(f"images={images!r} must be 'phantom' or 'real'")
@@ -432,8 +462,8 @@ def run_chapter6(images: str = "phantom", out: str | os.PathLike | None = None, 
     with _cache_in(base / "cache"):
         if todo:
             if images == "real":
-                prepare_real_images(base / "data", base_url, progress, say)
-            ds = _load(p.config, settings, progress)
+                prepare_real_images(base / "data", base_url, progress is not False, say)
+            ds = _load(p.config, settings, progress is True)
             say(ds.describe())
             (exp / "runs").mkdir(parents=True, exist_ok=True)
             (exp / "runs" / "env.txt").write_text(_env_lines(images, name, p.config, pairs, n_jobs), encoding="utf-8")

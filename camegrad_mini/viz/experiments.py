@@ -8,6 +8,12 @@ about whether two settings differ. For that, :func:`plot_sensitivity` with ``pai
 the paired difference from the default setting with its t-based confidence interval
 (:func:`camegrad_mini.stats.paired_difference`). Methods keep one colour everywhere
 (:data:`METHOD_COLORS`; unknown labels cycle through the default palette).
+
+Legibility at the site's width (a content column of about 750 px): a figure of several panels
+reads best with one legend for the whole figure instead of a small one in every panel. Every
+builder therefore takes ``legend=False``; :func:`figure_legend` then draws one legend above the
+panels from the handles of all of them (each label once). Legends drawn inside a panel use the
+font size "small" (relative to ``font.size``), not a fixed tiny size.
 """
 from __future__ import annotations
 
@@ -20,7 +26,7 @@ from matplotlib.axes import Axes
 from ..stats import paired_difference
 from .pareto import plot_landscape
 
-__all__ = ["METHOD_COLORS", "method_color", "plot_bands", "plot_endpoints", "plot_positions",
+__all__ = ["METHOD_COLORS", "method_color", "figure_legend", "plot_bands", "plot_endpoints", "plot_positions",
            "plot_sensitivity"]
 
 METHOD_COLORS = {
@@ -31,11 +37,41 @@ METHOD_COLORS = {
     "CAME-Grad": "tab:red",
 }
 _CYCLE = ("tab:blue", "tab:orange", "tab:cyan", "tab:olive", "tab:pink", "tab:gray")
+_LEGEND_SIZE = "small"  # a panel's own legend, relative to rcParams["font.size"]
 
 
 def method_color(label: str, index: int = 0) -> str:
     """The colour of a method's label (fixed for the five methods, cycled otherwise)."""
     return METHOD_COLORS.get(label, _CYCLE[index % len(_CYCLE)])
+
+
+def figure_legend(fig, axes, *, ncol: int | None = None, fontsize: str | float = "medium", **kwargs):
+    """One legend for the whole figure, above its panels, from the handles of ``axes``.
+
+    Each label appears once (the first handle with that label wins), in the order the panels
+    drew them. Draw the panels with ``legend=False`` first. The legend goes outside the axes,
+    so create the figure with ``layout="constrained"`` (then the panels make room for it).
+
+    Args:
+        fig: The figure.
+        axes: The axes whose handles to collect (any nesting, e.g. the array of ``plt.subplots``).
+        ncol: Columns of the legend (default: every label in one row).
+        fontsize: Font size of the labels.
+        **kwargs: Passed to ``fig.legend`` (e.g. ``loc``).
+
+    Returns:
+        The legend.
+    """
+    handles: dict[str, object] = {}
+    for ax in np.ravel(np.asarray(axes, dtype=object)):
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if not lab.startswith("_"):
+                handles.setdefault(lab, h)
+    if not handles:
+        raise ValueError("figure_legend: the axes have no labelled artists")
+    kwargs.setdefault("loc", "outside upper center")
+    return fig.legend(list(handles.values()), list(handles), ncol=ncol or len(handles), fontsize=fontsize,
+                      frameon=False, **kwargs)
 
 
 def _axes(ax: Axes | None, figsize=(5.0, 3.2)) -> Axes:
@@ -45,7 +81,8 @@ def _axes(ax: Axes | None, figsize=(5.0, 3.2)) -> Axes:
 
 
 def plot_bands(curves: Mapping[str, np.ndarray], ax: Axes | None = None, *, ylabel: str = "metric",
-               log: bool = False, every: int = 1, smooth: int = 1, title: str | None = None) -> Axes:
+               log: bool = False, every: int = 1, smooth: int = 1, title: str | None = None,
+               legend: bool = True) -> Axes:
     """Mean ± sd over seeds of a per-step metric, one band per method.
 
     Args:
@@ -58,6 +95,7 @@ def plot_bands(curves: Mapping[str, np.ndarray], ax: Axes | None = None, *, ylab
             statistics; a noisy metric then shows where a method hovers rather than every jolt.
             The x value of a window is its last step.
         title: Optional title.
+        legend: Draw a legend in the panel (False: leave it to :func:`figure_legend`).
     """
     if not curves:
         raise ValueError("curves must not be empty")
@@ -83,12 +121,13 @@ def plot_bands(curves: Mapping[str, np.ndarray], ax: Axes | None = None, *, ylab
     ax.set_ylabel(ylabel)
     if title:
         ax.set_title(title)
-    ax.legend(fontsize=7, ncol=2)
+    if legend:
+        ax.legend(fontsize=_LEGEND_SIZE, ncol=2)
     return ax
 
 
 def plot_endpoints(problem, xs: Mapping[str, np.ndarray], ax: Axes | None = None, *,
-                   xlim=(-2.0, 2.0), ylim=(-2.0, 2.0), trajectory_seed: int = 0) -> Axes:
+                   xlim=(-2.0, 2.0), ylim=(-2.0, 2.0), trajectory_seed: int = 0, legend: bool = True) -> Axes:
     """The problem's landscape, one trajectory per method (seed ``trajectory_seed``) and every
     seed's last iterate (dots).
 
@@ -98,6 +137,7 @@ def plot_endpoints(problem, xs: Mapping[str, np.ndarray], ax: Axes | None = None
         ax: Axes (new figure if None).
         xlim, ylim: Plot window.
         trajectory_seed: Which seed's path to draw.
+        legend: Draw a legend in the panel (False: leave it to :func:`figure_legend`).
     """
     if not xs:
         raise ValueError("xs must not be empty")
@@ -111,7 +151,8 @@ def plot_endpoints(problem, xs: Mapping[str, np.ndarray], ax: Axes | None = None
         ax.plot(p[trajectory_seed, :, 0], p[trajectory_seed, :, 1], color=c, lw=0.8, alpha=0.8)
         ax.plot(p[:, -1, 0], p[:, -1, 1], "o", color=c, ms=4, mec="white", mew=0.4, label=label)
     ax.plot(*np.asarray(next(iter(xs.values())))[trajectory_seed, 0], "k*", ms=9, label="start")
-    ax.legend(fontsize=7, loc="upper left", framealpha=0.85)
+    if legend:
+        ax.legend(fontsize=_LEGEND_SIZE, loc="upper left", framealpha=0.85)
     return ax
 
 
@@ -147,7 +188,7 @@ def plot_positions(positions: Mapping[str, np.ndarray], ax: Axes | None = None, 
 
 def plot_sensitivity(values: Sequence[float], curves: Mapping[str, np.ndarray], ax: Axes | None = None, *,
                      xlabel: str = "hyperparameter", ylabel: str = "metric", default: float | None = None,
-                     log: bool = False, paired: bool = False, level: float = 0.95) -> Axes:
+                     log: bool = False, paired: bool = False, level: float = 0.95, legend: bool = True) -> Axes:
     """A metric against one hyperparameter, one curve per label, the default value marked.
 
     With ``paired=False`` each point is the mean over seeds with a bar of ± one sample standard
@@ -167,6 +208,10 @@ def plot_sensitivity(values: Sequence[float], curves: Mapping[str, np.ndarray], 
         log: Log-scale y axis (not with ``paired=True``: differences can be negative).
         paired: Draw paired differences from the default with confidence intervals.
         level: Confidence level of the paired intervals.
+        legend: Draw a legend in the panel, whose labels say what the bars are ("SGD (± sd)",
+            "SGD (95% t-CI)"). With False the curves are labelled by their key alone ("SGD"), so
+            that :func:`figure_legend` can share one legend between an sd panel and a paired
+            panel; say what the bars are elsewhere (e.g. in column titles).
     """
     if not curves:
         raise ValueError("curves must not be empty")
@@ -187,13 +232,14 @@ def plot_sensitivity(values: Sequence[float], curves: Mapping[str, np.ndarray], 
         c = _CYCLE[i % len(_CYCLE)]
         if ref is None:
             m, s = v.mean(1), v.std(1, ddof=1)
-            ax.errorbar(x, m, yerr=s, color=c, marker="o", ms=4, capsize=3, lw=1.2, label=f"{label} (± sd)")
+            ax.errorbar(x, m, yerr=s, color=c, marker="o", ms=4, capsize=3, lw=1.2,
+                        label=f"{label} (± sd)" if legend else label)
         else:
             d = [paired_difference(row, v[ref], level) for row in v]
             m = np.array([e.mean for e in d])
             err = np.array([[e.mean - e.lo for e in d], [e.hi - e.mean for e in d]])
             ax.errorbar(x, m, yerr=err, color=c, marker="o", ms=4, capsize=3, lw=1.2,
-                        label=f"{label} ({100 * level:g}% t-CI)")
+                        label=f"{label} ({100 * level:g}% t-CI)" if legend else label)
     if ref is not None:
         ax.axhline(0.0, color="0.6", lw=0.8)
         ylabel = f"Δ {ylabel} vs default"
@@ -203,5 +249,6 @@ def plot_sensitivity(values: Sequence[float], curves: Mapping[str, np.ndarray], 
         ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
+    if legend:
+        ax.legend(fontsize=_LEGEND_SIZE)
     return ax
