@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: assets book test test-min lab refresh screenshot bench clean setup
+.PHONY: assets book pdf test test-min lab refresh screenshot bench clean setup
 
 setup: $(STAMP)
 
@@ -30,6 +30,13 @@ book: assets
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	$(BIN)/python tools/vendor_assets.py finalize _build/html
 
+# The whole book as one PDF, _build/pdf/book.pdf: a single-page build in its own folder, printed by
+# headless Chromium (no LaTeX needed); tools/build_pdf.py checks the math and the page count.
+pdf: assets
+	$(BIN)/jupyter-book build . --builder singlehtml --path-output _build/pdf
+	$(BIN)/python tools/vendor_assets.py finalize _build/pdf/_build/singlehtml
+	$(BIN)/python tools/build_pdf.py
+
 test: $(STAMP)
 	$(BIN)/pytest
 
@@ -43,9 +50,12 @@ lab: $(STAMP)
 
 # Maintainers: re-execute chapters and store their outputs and widget state (nbclient).
 # make refresh            -> every chapter;   make refresh NB=chapters/01_multitask_conflict.ipynb
+# Refreshing an unchanged chapter leaves git status clean: cells tagged nbval-ignore-output (timings,
+# machine-dependent numbers) keep their stored output while their source is unchanged;
+# add TIMINGS=1 to store their fresh output too (e.g. after changing the code they run).
 NB ?= chapters/*.ipynb
 refresh: $(STAMP)
-	$(BIN)/python tools/refresh_notebooks.py $(NB)
+	$(BIN)/python tools/refresh_notebooks.py $(if $(TIMINGS),--timings) $(NB)
 
 # Maintainers: open the built site in headless Chromium and save screenshots under _build/screenshots.
 screenshot:
