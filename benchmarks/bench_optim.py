@@ -23,10 +23,10 @@ Variants run interleaved round-robin (rotating order) after warm-up steps, and e
 median over rounds of the per-round ratio to LS, which cancels slow drifts of a shared machine.
 "Aggregation" is the median, over rounds, of the time of ``CAMEGrad.step()`` minus the time of
 the base ``optimizer.step()`` inside that same call (so: Gram matrix, solve, writing ``.grad``
-and bookkeeping), as a share of the median whole step. Peak memory: on CPU a fresh subprocess per model runs a few steps of each variant and
-reports the growth of the process high-water mark (VmHWM, reset before each variant) over the
-resident size before the steps; on CUDA ``torch.cuda.max_memory_allocated`` over the allocation
-before the steps.
+and bookkeeping), as a share of the median whole step. Peak memory: on CPU a fresh subprocess per
+model runs a few steps of each variant and reports the growth of the process high-water mark
+(VmHWM, reset before each variant) over the resident size before the steps; on CUDA
+``torch.cuda.max_memory_allocated`` over the allocation before the steps.
 """
 
 from __future__ import annotations
@@ -236,7 +236,8 @@ class SweepRunner:
             self.opt.step(losses, task_weights=self.weights)
         elif self.upgrad is not None:
             self.sgd.zero_grad(set_to_none=True)
-            torchjd.autojac.backward([w * loss for w, loss in zip(self.weights, losses)], inputs=self.params)
+            torchjd.autojac.backward([w * loss for w, loss in zip(self.weights, losses, strict=True)],
+                                     inputs=self.params)
             torchjd.autojac.jac_to_grad(self.params, self.upgrad)
             self.sgd.step()
         else:
@@ -311,7 +312,7 @@ def bench_sweep(tasks_list: list[int], device: torch.device, dtype: torch.dtype,
         for v in SWEEP_VARIANTS:
             rows.append({
                 "tasks": tasks, "variant": v, "median_ms": 1e3 * statistics.median(times[v]),
-                "ratio": statistics.median(a / b for a, b in zip(times[v], times["floor"])),
+                "ratio": statistics.median(a / b for a, b in zip(times[v], times["floor"], strict=True)),
                 "peak_mib": mems.get(v), "mem_ratio": mems[v] / mems["floor"] if mems else None,
             })
     return rows
@@ -480,7 +481,8 @@ def main() -> None:
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "both"])
     ap.add_argument("--rounds", type=int, default=25, help="timed interleaved rounds per model")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--base", default="sgd", choices=["sgd", "adamw"], help="base optimizer (sgd: as the reference numbers)")
+    ap.add_argument("--base", default="sgd", choices=["sgd", "adamw"],
+                    help="base optimizer (sgd: as the reference numbers)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: the reference setting)")
     ap.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory runs")
     ap.add_argument("--json", help="also write the rows to this JSON file")
@@ -527,7 +529,8 @@ def main() -> None:
             rows += bench_model(model_name, device, dtype, args.rounds, args.warmup, args.memory, args.base)
         print(f"## CAMEGrad step benchmark: {device.type}, {str(dtype).replace('torch.', '')}\n")
         print(f"Machine: {machine_line(device)}. Batch 256, {args.base.upper()} base, task weights {WEIGHTS}, "
-              f"{args.rounds} interleaved rounds after {args.warmup} warm-up steps; ratio = median of per-round ratios.\n")
+              f"{args.rounds} interleaved rounds after {args.warmup} warm-up steps; "
+              f"ratio = median of per-round ratios.\n")
         print(table(rows, args.memory))
         print()
         print(goals(rows))

@@ -15,7 +15,7 @@ the chapter's questions:
 """
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import torch
@@ -67,7 +67,7 @@ def polar_pair(theta: float, r: float) -> np.ndarray:
 
 def method_directions(
     grads,
-    task_weights: Sequence[float] | None = None,
+    task_weights: Sequence[float] | np.ndarray | None = None,
     *,
     rho: float = 0.5,
     kappa: float = 1.5,
@@ -109,8 +109,8 @@ def method_directions(
 
 def direction_table(
     grads,
-    task_weights: Sequence[float] | None = None,
-    **hyper: float,
+    task_weights: Sequence[float] | np.ndarray | None = None,
+    **hyper: Any,
 ) -> list[tuple[str, np.ndarray, float]]:
     """Rows ``(method, inner products <d, g_i> for every task, |d|)`` for :data:`METHOD_NAMES`.
 
@@ -156,12 +156,12 @@ def sample_conflicting_pairs(
     rng = np.random.default_rng(seed)
     theta = rng.uniform(np.pi / 2, np.pi, size=n)
     r = np.exp(rng.uniform(np.log(lo), np.log(hi), size=n))
-    return np.stack([polar_pair(t, x) for t, x in zip(theta, r)])
+    return np.stack([polar_pair(t, x) for t, x in zip(theta, r, strict=True)])
 
 
 def fusion_conflict_fraction(
     pairs: np.ndarray,
-    nus: Sequence[float],
+    nus: Sequence[float] | np.ndarray,
     rhos: Sequence[float],
     task_weights: Sequence[float] | None = None,
     *,

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .problems import Problem, QuadraticPair, rotation
+from .problems import Problem, QuadraticPair, _matrix2, rotation
 
 __all__ = [
     "NOISE_KINDS",
@@ -131,8 +131,8 @@ def conflict_pair(phi0: float, distance: float = 1.0, condition: float = 1.0) ->
     D = np.diag([float(condition), 1.0])
     A0 = rotation(-np.pi / 6) @ D @ rotation(-np.pi / 6).T
     A1 = rotation(np.pi / 6) @ D @ rotation(np.pi / 6).T
-    tup = lambda A: tuple(map(tuple, np.round(A, 12).tolist()))  # noqa: E731 (exact symmetry)
-    return QuadraticPair(c0=c0, c1=c1, A0=tup(A0), A1=tup(A1), name=f"quadratic pair, phi0={phi0:.2f}")
+    A0, A1 = np.round(A0, 12), np.round(A1, 12)  # exact symmetry
+    return QuadraticPair(c0=c0, c1=c1, A0=_matrix2(A0), A1=_matrix2(A1), name=f"quadratic pair, phi0={phi0:.2f}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -177,7 +177,7 @@ def task_alignment(grads: Array, weights) -> Array:
     return np.einsum("...ij,...j->...i", np.asarray(grads, dtype=float), g)
 
 
-def drift_deviation(grads: Array, weights) -> Array:
+def drift_deviation(grads: Array, weights) -> Array | np.bool_:
     """Boolean ``(...)``: does some task have ``<g_joint, g_i> < 0``?"""
     return (task_alignment(grads, weights) < 0).any(-1)
 
@@ -246,7 +246,8 @@ def deviation_angle_threshold(w, gamma) -> Array:
         raise ValueError("gamma must be positive")
     with np.errstate(divide="ignore", invalid="ignore"):
         gamma_w = np.where(w < 1, w * gamma / np.where(w < 1, 1.0 - w, 1.0), np.inf)
-        m = np.where((gamma_w > 0) & np.isfinite(gamma_w), np.minimum(gamma_w, 1.0 / np.where(gamma_w > 0, gamma_w, 1.0)), 0.0)
+        m = np.where((gamma_w > 0) & np.isfinite(gamma_w),
+                     np.minimum(gamma_w, 1.0 / np.where(gamma_w > 0, gamma_w, 1.0)), 0.0)
     return np.arccos(-m)
 
 
@@ -281,7 +282,8 @@ def weighted_noise_variance(weights, sigmas, corr) -> Array:
     corr = np.asarray(corr, float)
     if ((corr < -1) | (corr > 1)).any():
         raise ValueError("corr must lie in [-1, 1]")
-    return w[..., 0] ** 2 * s[..., 0] ** 2 + w[..., 1] ** 2 * s[..., 1] ** 2 + 2 * corr * w[..., 0] * w[..., 1] * s[..., 0] * s[..., 1]
+    return (w[..., 0] ** 2 * s[..., 0] ** 2 + w[..., 1] ** 2 * s[..., 1] ** 2
+            + 2 * corr * w[..., 0] * w[..., 1] * s[..., 0] * s[..., 1])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -351,7 +353,8 @@ class TaskNoise:
         """The factors ``L_i(x)``, shape ``(..., 2, 2, 2)`` (points, task, row, column)."""
         x = np.asarray(x, dtype=float)
         if self.kind == "hessian" and not hasattr(problem, "hessians"):
-            raise ValueError(f"kind='hessian' needs a problem with constant task Hessians; {type(problem).__name__} has none")
+            raise ValueError(f"kind='hessian' needs a problem with constant task Hessians; "
+                             f"{type(problem).__name__} has none")
         grads = problem.grads(x) if self.kind == "gradient" else np.zeros(x.shape[:-1] + (2, 2))
         return self.factors_from(grads, getattr(problem, "hessians", None))
 
@@ -377,7 +380,8 @@ class TaskNoise:
         """
         x = np.asarray(x, dtype=float)
         if self.kind == "hessian" and not hasattr(problem, "hessians"):
-            raise ValueError(f"kind='hessian' needs a problem with constant task Hessians; {type(problem).__name__} has none")
+            raise ValueError(f"kind='hessian' needs a problem with constant task Hessians; "
+                             f"{type(problem).__name__} has none")
         grads = problem.grads(x) if self.kind == "gradient" else np.zeros(x.shape[:-1] + (2, 2))
         return self.weighted_cov_from(grads, weights, getattr(problem, "hessians", None))
 
@@ -679,7 +683,7 @@ def kappa_escape_decomposition(problem: Problem, weights, *, sigma: float, corr:
         var = np.array([float(weighted_noise_variance(w, [s_, s_], corr)) for s_ in sig])
         counts = np.array([escape_counts(problem, w, [TaskNoise(s_, corr)], lr=lr, steps=int(n), sharp_min=sharp_min,
                                          flat_min=flat_min, n_seeds=n_seeds, seed=seed, step_scale=k)[0]
-                           for k, n, s_ in zip(kappas, n_steps, sig)])
+                           for k, n, s_ in zip(kappas, n_steps, sig, strict=True)])
         out[name] = {"steps": n_steps, "sigma": sig, "temperature": kappas * lr * var / 2,
                      "time": kappas * lr * n_steps, "counts": counts}
     return out

@@ -139,7 +139,8 @@ def pareto_stationarity_gap(g0: Array, g1: Array) -> Array:
     return np.linalg.norm(hull_nearest_point(g0, g1), axis=-1)
 
 
-def grid(xlim: tuple[float, float] = (-2.0, 2.0), ylim: tuple[float, float] = (-2.0, 2.0), n: int = 161) -> tuple[Array, Array, Array]:
+def grid(xlim: tuple[float, float] = (-2.0, 2.0), ylim: tuple[float, float] = (-2.0, 2.0),
+         n: int = 161) -> tuple[Array, Array, Array]:
     """A regular ``n x n`` grid: returns ``X, Y`` (``meshgrid``) and the points ``(n, n, 2)``."""
     if n < 2:
         raise ValueError(f"n must be at least 2, got {n}")
@@ -178,7 +179,8 @@ class ConflictMap:
         return float(self.joint_leaves_cone.mean())
 
 
-def conflict_map(problem, weights: Sequence[float] = (1.0, 1.0), xlim=(-2.0, 2.0), ylim=(-2.0, 2.0), n: int = 161) -> ConflictMap:
+def conflict_map(problem, weights: Sequence[float] = (1.0, 1.0), xlim=(-2.0, 2.0), ylim=(-2.0, 2.0),
+                 n: int = 161) -> ConflictMap:
     """Evaluate :class:`ConflictMap` for a two-task ``problem`` (from :mod:`camegrad_mini.problems`)."""
     w = np.asarray(weights, dtype=float)
     if w.shape != (2,) or (w < 0).any() or w.sum() <= 0:

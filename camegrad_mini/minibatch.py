@@ -20,6 +20,7 @@ Everything is NumPy. Per-example gradients have shape ``(N, d)``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TypedDict
 
 import numpy as np
 
@@ -37,6 +38,16 @@ __all__ = [
 Array = np.ndarray
 
 
+class PerExampleStatistics(TypedDict):
+    """What :func:`per_example_statistics` returns (a plain ``dict`` at run time)."""
+
+    mean: Array
+    Sigma: Array
+    second_moment: float
+    mean_norm2: float
+    trace: float
+
+
 def _grads(per_example) -> Array:
     v = np.asarray(per_example, dtype=float)
     if v.ndim != 2 or v.shape[0] < 2:
@@ -52,7 +63,7 @@ def _batch(batch_size, n: int, replacement: bool) -> int:
     return int(batch_size)
 
 
-def per_example_statistics(per_example) -> dict[str, Array | float]:
+def per_example_statistics(per_example) -> PerExampleStatistics:
     """Mean ``g``, per-example covariance ``Sigma`` (population, ``1/N``) and the trace identity.
 
     Returns ``mean``, ``Sigma``, ``second_moment = E_n |v_n|^2``, ``mean_norm2 = |g|^2`` and

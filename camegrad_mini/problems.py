@@ -31,6 +31,15 @@ def rotation(theta: float) -> Array:
     return np.array([[c, -s], [s, c]])
 
 
+Matrix2 = tuple[tuple[float, float], tuple[float, float]]
+
+
+def _matrix2(A) -> Matrix2:
+    """A 2x2 array as nested tuples of Python floats (how the frozen problems store matrices)."""
+    A = np.asarray(A, dtype=float)
+    return (float(A[0, 0]), float(A[0, 1])), (float(A[1, 0]), float(A[1, 1]))
+
+
 class Problem:
     """Interface shared by the test problems (duck-typed; subclasses override both methods)."""
 
@@ -65,8 +74,8 @@ class QuadraticPair(Problem):
 
     c0: tuple[float, float] = (-1.0, 0.0)
     c1: tuple[float, float] = (1.0, 0.0)
-    A0: tuple[tuple[float, float], tuple[float, float]] = ((1.0, 0.0), (0.0, 1.0))
-    A1: tuple[tuple[float, float], tuple[float, float]] = ((1.0, 0.0), (0.0, 1.0))
+    A0: Matrix2 = ((1.0, 0.0), (0.0, 1.0))
+    A1: Matrix2 = ((1.0, 0.0), (0.0, 1.0))
     name: str = field(default="quadratic pair", compare=False)
 
     def __post_init__(self):
@@ -81,7 +90,7 @@ class QuadraticPair(Problem):
         D = np.diag([ratio, 1.0])
         R = rotation(angle)
         A1 = R @ D @ R.T
-        return cls(A0=((1.0, 0.0), (0.0, float(ratio))), A1=tuple(map(tuple, A1.tolist())),
+        return cls(A0=((1.0, 0.0), (0.0, float(ratio))), A1=_matrix2(A1),
                    name=f"ill-conditioned pair (ratio {ratio:g})")
 
     @property
@@ -279,7 +288,8 @@ class SharpFlatDoubleWell:
         idx = np.nonzero(np.sign(g[:-1]) != np.sign(g[1:]))[0]
         roots = [brentq(self.grad, xs[i], xs[i + 1], xtol=1e-13) for i in idx]
         if len(roots) != 3:
-            raise ValueError(f"these parameters do not give a double well: {len(roots)} critical points in [{lo}, {hi}]")
+            raise ValueError(f"these parameters do not give a double well: "
+                             f"{len(roots)} critical points in [{lo}, {hi}]")
         return {"sharp": roots[0], "saddle": roots[1], "flat": roots[2]}
 
     def barrier(self, well: str) -> float:

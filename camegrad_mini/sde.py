@@ -314,9 +314,12 @@ def simulate_escape(grad: Callable[[Array], Array], x0: float, boundary: float, 
     Only the chains still inside are updated, in blocks of ``block`` steps (noise drawn per block).
     """
     eta = _positive("eta", eta)
-    var_fn = noise_var if callable(noise_var) else None
-    if var_fn is None:
-        noise_var = _positive("noise_var", noise_var)
+    var_fn: Callable[[Array], Array] | None = None
+    const_var = 0.0  # noise_var when it is a number
+    if callable(noise_var):
+        var_fn = noise_var
+    else:
+        const_var = _positive("noise_var", noise_var)
     t_max = _positive("t_max", t_max)
     if int(batch_size) != batch_size or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
@@ -325,7 +328,7 @@ def simulate_escape(grad: Callable[[Array], Array], x0: float, boundary: float, 
     if boundary == x0:
         raise ValueError("boundary must differ from x0")
     sign = 1.0 if boundary > x0 else -1.0
-    std = None if var_fn is not None else eta * np.sqrt(noise_var / batch_size)
+    std = None if var_fn is not None else eta * np.sqrt(const_var / batch_size)
     max_steps = int(np.ceil(t_max / eta))
     steps = np.full(n_chains, -1, dtype=np.int64)
     alive = np.arange(n_chains)
@@ -338,7 +341,7 @@ def simulate_escape(grad: Callable[[Array], Array], x0: float, boundary: float, 
             noise *= std
         done = np.zeros(alive.size, dtype=bool)
         for j in range(nb):
-            if std is None:
+            if var_fn is not None:  # then std is None
                 v = np.asarray(var_fn(x), dtype=float)
                 if np.any(v < 0) or not np.all(np.isfinite(v)):
                     raise ValueError("noise_var(x) must be finite and non-negative")

@@ -102,7 +102,8 @@ def ito_lemma(f: sp.Expr, state: list[sp.Symbol], drift: sp.Matrix, factor: sp.M
     state = list(state)
     d, m = len(state), factor.shape[1]
     if drift.shape != (d, 1) or factor.shape[0] != d:
-        raise ValueError(f"drift must be {d}x1 and factor {d}xm for {d} state variables, got {drift.shape}, {factor.shape}")
+        raise ValueError(f"drift must be {d}x1 and factor {d}xm for {d} state variables, "
+                         f"got {drift.shape}, {factor.shape}")
     dt = sp.Symbol("dt", positive=True)
     dW = sp.symbols(f"dW_1:{m + 1}", real=True)
     dX = drift * dt + factor * sp.Matrix(dW)
@@ -118,7 +119,7 @@ def ito_lemma(f: sp.Expr, state: list[sp.Symbol], drift: sp.Matrix, factor: sp.M
         if sum(p_w) == 2:
             reduced += coeff * dt if max(p_w) == 2 else 0   # dW_a^2 = dt, dW_a dW_b = 0
         else:
-            reduced += coeff * dt**p_dt * sp.Mul(*[w**p for w, p in zip(dW, p_w)])
+            reduced += coeff * dt**p_dt * sp.Mul(*[w**p for w, p in zip(dW, p_w, strict=True)])
     reduced = sp.expand(reduced)
     drift_term = reduced.coeff(dt)
     noise_terms = sp.Matrix([reduced.coeff(w) for w in dW])
@@ -145,13 +146,13 @@ def task_loss_ito(n_tasks: int = 2) -> dict[str, sp.Basic]:
     omegas = sp.symbols(f"omega_0:{n_tasks}", positive=True)
     grads = [sp.Matrix([sp.diff(L, v) for v in th]) for L in losses]
     g_joint = sp.zeros(2, 1)
-    for w, g in zip(omegas, grads):
+    for w, g in zip(omegas, grads, strict=True):
         g_joint += w * g
     F = sp.Matrix(2, 2, lambda i, j: sp.Symbol(f"F_{i + 1}{j + 1}", real=True) if j <= i else 0)
     Sigma_w = F * F.T
     out = {"theta": th, "losses": losses, "omega": omegas, "g_joint": g_joint, "F": F, "Sigma_omega": Sigma_w,
            "drift_terms": [], "claimed": [], "differences": []}
-    for L, g in zip(losses, grads):
+    for L, g in zip(losses, grads, strict=True):
         ito = ito_lemma(L, list(th), -g_joint, sp.sqrt(eta) * F)
         claimed = -(g.T * g_joint)[0] + eta / 2 * (sp.hessian(L, th) * Sigma_w).trace()
         out["drift_terms"].append(ito["drift_term"])

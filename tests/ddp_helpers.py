@@ -64,7 +64,7 @@ def run(name: str, scenario: str, rank: int | None = None, world: int = 1, distr
             half = BATCH // world
             batch = tuple(t[rank * half : (rank + 1) * half] for t in batch)
         calls = _count_all_reduce()
-        for part in zip(*(t.chunk(micro) for t in batch)):
+        for part in zip(*(t.chunk(micro) for t in batch), strict=True):
             ls = losses(module, *part)
             if scenario == "scaler" and step == 1 and rank in (None, 1):
                 ls[1] = ls[1] + float("inf")

@@ -80,7 +80,7 @@ def _executed(stored: list, fresh_texts: list[str]) -> nbformat.NotebookNode:
     """What nbclient leaves: the same cells, fresh outputs (printed in two fragments)."""
     nb = nbformat.v4.new_notebook()
     nb.cells = copy.deepcopy(stored)
-    for cell, text in zip(nb.cells, fresh_texts):
+    for cell, text in zip(nb.cells, fresh_texts, strict=True):
         cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=text[:3]),
                         nbformat.v4.new_output("stream", name="stdout", text=text[3:])]
     return nb

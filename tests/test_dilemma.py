@@ -49,7 +49,8 @@ def test_energy_ratio_closed_form_matches_vectors(phi, gamma, w):
     G = dilemma.polar_gradients(phi, gamma)
     wts = dilemma.two_task_weights(w)
     gamma_w = wts[1] * gamma / wts[0]
-    assert dilemma.energy_ratio(G, wts) == pytest.approx(dilemma.energy_ratio_closed_form(phi, gamma_w), rel=1e-9, abs=1e-12)
+    assert dilemma.energy_ratio(G, wts) == pytest.approx(dilemma.energy_ratio_closed_form(phi, gamma_w),
+                                                         rel=1e-9, abs=1e-12)
 
 
 def test_energy_ratio_is_rotation_invariant_in_higher_dimension():
@@ -306,7 +307,8 @@ def test_stationary_cov_matches_simulation_on_an_ill_conditioned_pair():
 
 def test_deviation_and_conflict_fractions_on_a_run():
     prob = dilemma.conflict_pair(np.radians(170))
-    run = dilemma.simulate_ls(prob, dilemma.two_task_weights(0.8), dilemma.TaskNoise(0.0), lr=0.1, steps=30, x0=(0, 0), seed=0)
+    run = dilemma.simulate_ls(prob, dilemma.two_task_weights(0.8), dilemma.TaskNoise(0.0), lr=0.1, steps=30,
+                              x0=(0, 0), seed=0)
     # balanced start weights would not deviate; w = 0.8 makes task 0 lose from the first step on
     assert run.deviation_fraction(observed=False) == pytest.approx(1.0)
     assert run.conflict_fraction(observed=False) == pytest.approx(1.0)
@@ -372,8 +374,8 @@ def test_escape_counts_follow_the_weighted_noise_not_the_energy():
     s = dilemma.descend(p, w, p.sharp_center, lr=0.01, steps=3000)
     f = dilemma.descend(p, w, p.flat_center, lr=0.01, steps=3000)
     kw = dict(lr=0.05, steps=400, sharp_min=s, flat_min=f, n_seeds=60, seed=0)
-    counts = dilemma.escape_counts(p, w, [dilemma.TaskNoise(0.0), dilemma.TaskNoise(4.0, -1.0), dilemma.TaskNoise(2.5, 0.0),
-                                    dilemma.TaskNoise(2.5, 1.0)], **kw)
+    counts = dilemma.escape_counts(p, w, [dilemma.TaskNoise(0.0), dilemma.TaskNoise(4.0, -1.0),
+                                          dilemma.TaskNoise(2.5, 0.0), dilemma.TaskNoise(2.5, 1.0)], **kw)
     assert counts[0] == 0
     assert counts[1] == 0  # perfectly anti-correlated, balanced noise cancels exactly
     assert counts[3] > counts[2] > 0
@@ -397,7 +399,8 @@ def _rand_subs(rng):
 def test_symbolic_joint_energy_and_cross_term():
     Y = dilemma_symbolic.SYMBOLS
     E = dilemma_symbolic.joint_energy()
-    expected = (Y["w0"] * Y["n0"]) ** 2 + (Y["w1"] * Y["n1"]) ** 2 + 2 * Y["w0"] * Y["w1"] * Y["n0"] * Y["n1"] * sp.cos(Y["phi"])
+    expected = ((Y["w0"] * Y["n0"]) ** 2 + (Y["w1"] * Y["n1"]) ** 2
+                + 2 * Y["w0"] * Y["w1"] * Y["n0"] * Y["n1"] * sp.cos(Y["phi"]))
     assert sp.simplify(E - expected) == 0
     rng = np.random.default_rng(RNG_SEED)
     for _ in range(5):

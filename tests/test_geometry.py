@@ -233,7 +233,8 @@ def test_stationary_weight_is_the_hull_point_and_swaps_with_the_tasks(a0, a1, r0
         assert float(geo.stationary_weight(g1, g0)) == pytest.approx(1.0 - w, abs=1e-9)
     # nothing on the segment is shorter (brute force)
     grid_w = np.linspace(0, 1, 201)[:, None]
-    assert np.linalg.norm((1 - w) * g0 + w * g1) <= np.linalg.norm((1 - grid_w) * g0 + grid_w * g1, axis=1).min() + 1e-12
+    best_on_grid = np.linalg.norm((1 - grid_w) * g0 + grid_w * g1, axis=1).min()
+    assert np.linalg.norm((1 - w) * g0 + w * g1) <= best_on_grid + 1e-12
 
 
 def test_stationary_weight_vectorises_and_handles_equal_gradients():
@@ -338,7 +339,7 @@ def test_scalarization_sweep_properties_on_random_curves(seed, n, m):
     V = (1 - ws)[:, None] * F[:, 0] + ws[:, None] * F[:, 1]
     np.testing.assert_array_equal(sweep.global_index, V.argmin(1))
     # every listed local minimum is lower than its neighbours, and every weight has at least one
-    for k, j in zip(sweep.local_weight, sweep.local_index):
+    for k, j in zip(sweep.local_weight, sweep.local_index, strict=True):
         assert (j == 0 or V[k, j] < V[k, j - 1]) and (j == n - 1 or V[k, j] < V[k, j + 1])
     assert set(sweep.local_weight) == set(range(m))
     # relabelling the tasks and reversing the curve mirrors the answer

@@ -99,7 +99,8 @@ class TestChapter:
         for cell in _code_cells(nb):
             if "nbval-ignore-output" in _tags(cell):
                 src = "".join(cell["source"])
-                assert src.lstrip().startswith("#"), f"an nbval-ignore-output cell must start with a comment saying why:\n{src[:200]}"
+                assert src.lstrip().startswith("#"), (
+                    f"an nbval-ignore-output cell must start with a comment saying why:\n{src[:200]}")
 
     def test_has_learning_goals_and_exercises(self, path):
         nb = json.loads(path.read_text(encoding="utf-8"))

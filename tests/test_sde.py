@@ -121,7 +121,8 @@ def test_fine_euler_maruyama_matches_the_ou_formula():
 
 
 @pytest.mark.parametrize("kw, match", [(dict(n_steps=0), "n_steps"), (dict(burn_in=10), "burn_in"),
-                                       (dict(theta0=np.zeros(2)), "theta0"), (dict(noise_cov=np.eye(3)), "must be 2x2")])
+                                       (dict(theta0=np.zeros(2)), "theta0"),
+                                       (dict(noise_cov=np.eye(3)), "must be 2x2")])
 def test_simulators_validate(kw, match):
     base = dict(theta0=np.zeros((4, 2)), eta=0.1, noise_cov=np.eye(2), batch_size=1, n_steps=10, burn_in=0,
                 rng=np.random.default_rng(0))
@@ -269,7 +270,8 @@ def test_linear_sde_moments_limits_and_ode():
     np.testing.assert_allclose(S[2], sde.stationary_cov_ou(A, 0.2, SIGMA2, 2), rtol=1e-8)
     # S' = -A S - S A^T + D at t = 0 (central difference between tiny times)
     _, S2 = sde.linear_sde_moments(A, star, D, start, [1e-4, 3e-4])
-    np.testing.assert_allclose((S2[1] - S2[0]) / 2e-4, D - A @ S2[0] - S2[0] @ A.T - (A @ (S2[1] - S2[0]) + (S2[1] - S2[0]) @ A.T) / 2, atol=1e-3)
+    dS = S2[1] - S2[0]
+    np.testing.assert_allclose(dS / 2e-4, D - A @ S2[0] - S2[0] @ A.T - (A @ dS + dS @ A.T) / 2, atol=1e-3)
     with pytest.raises(ValueError, match="stable"):
         sde.linear_sde_moments(-A, star, D, start, [1.0])
 

@@ -123,7 +123,7 @@ def test_paired_difference_is_the_interval_of_the_differences(ab):
     d = paired_difference(a, b)
     m = mean_interval(np.subtract(a, b))
     assert (d.mean, d.lo, d.hi, d.se) == (m.mean, m.lo, m.hi, m.se)
-    assert d.wins == sum(x > y for x, y in zip(a, b))
+    assert d.wins == sum(x > y for x, y in zip(a, b, strict=True))
     # swapping a and b mirrors the interval
     r = paired_difference(b, a)
     tol = 1e-9 * (1.0 + abs(d.mean) + d.half_width)

@@ -60,7 +60,8 @@ def test_sweeps_are_kernel_free_html_and_bounded():
 def test_widgets_use_core_controls_with_given_initial_values():
     import ipywidgets as W
 
-    for build, kw in ((dilemma_plots.vector_widget, dict(w=0.3)), (dilemma_plots.landscape_widget, dict(w=0.3)), (dilemma_plots.wells_widget, dict(w=0.3))):
+    for build, kw in ((dilemma_plots.vector_widget, dict(w=0.3)), (dilemma_plots.landscape_widget, dict(w=0.3)),
+                      (dilemma_plots.wells_widget, dict(w=0.3))):
         with plt.ioff():
             widget = build(**kw)
         assert isinstance(widget, W.interactive)

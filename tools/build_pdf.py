@@ -64,7 +64,10 @@ FIT_JS = r"""
           c.closest("p,li,td,th,dd,dt,figcaption,div");
       if (!m || !box) continue;
       const avail = box.getBoundingClientRect().width, w = m.getBoundingClientRect().width;
-      if (avail > 0 && w > avail) { c.style.zoom = (Math.floor(97 * avail / w) / 100).toFixed(2); r.zoomed.push(+c.style.zoom); }
+      if (avail > 0 && w > avail) {
+        c.style.zoom = (Math.floor(97 * avail / w) / 100).toFixed(2);
+        r.zoomed.push(+c.style.zoom);
+      }
     }
     return r;
   }
@@ -119,7 +122,13 @@ PROBE_JS = r"""
     r.fit = window.pdfFit ? window.pdfFit().zoomed : null;
     r.overflow = [...document.querySelectorAll(".bd-article *")].filter((e) => !e.closest("mjx-assistive-mml") &&
       e.getBoundingClientRect().right > document.documentElement.clientWidth + 1)
-      .map((e) => (e.closest("mjx-container") ? `math (${e.closest("mjx-container").getAttribute("display") ? "display" : "inline"}) in ${e.closest("mjx-container").parentElement.tagName.toLowerCase()}.${String(e.closest("mjx-container").parentElement.className).split(" ")[0]} near "${(e.closest("p,td,li,div") || e).textContent.slice(0, 50)}"` : "") + `${e.tagName.toLowerCase()}.${String(e.className).split(" ")[0]} in ${e.parentElement.tagName.toLowerCase()}.${String(e.parentElement.className).split(" ")[0]}`);
+      .map((e) => {
+        const where = (x) => `${x.tagName.toLowerCase()}.${String(x.className).split(" ")[0]}`;
+        const m = e.closest("mjx-container");
+        const math = m ? `math (${m.getAttribute("display") ? "display" : "inline"}) in ${where(m.parentElement)}` +
+          ` near "${(e.closest("p,td,li,div") || e).textContent.slice(0, 50)}"` : "";
+        return math + `${where(e)} in ${where(e.parentElement)}`;
+      });
     r.ready_ms = Math.round(performance.now());
     return r;
   }
@@ -298,7 +307,8 @@ def main() -> int:
     if r and "probe_error" not in r:
         print(f"build_pdf: MathJax {r['mathjax']}, {r['math']} math elements, {r['merror']} errors, "
               f"raw TeX {len(r['raw_tex'])}; {r['images']} images ({len(r['broken'])} broken); "
-              f"{r['documents']} documents; equations zoomed to fit: {r['fit']}; ready after {r['ready_ms'] / 1000:.1f} s of page time")
+              f"{r['documents']} documents; equations zoomed to fit: {r['fit']}; "
+              f"ready after {r['ready_ms'] / 1000:.1f} s of page time")
     if problems:
         print(f"build_pdf: FAILED ({rel})", file=sys.stderr)
         for p in problems:

@@ -179,7 +179,7 @@ def keep_ignored_outputs(nb: Any, stored: list[Any], fresh: bool = False) -> lis
     if len(code) != len(stored):
         raise ValueError(f"{len(stored)} stored code cells for {len(code)} executed ones")
     differ = []
-    for k, (cell, old) in enumerate(zip(code, stored)):
+    for k, (cell, old) in enumerate(zip(code, stored, strict=True)):
         meta = cell.metadata
         if not ignores_output(cell) or _has_widget_view(cell.outputs) or _has_widget_view(old.get("outputs", [])):
             if isinstance(meta.get("refresh"), dict):

@@ -34,7 +34,8 @@ def colab_cell_source() -> str:
         "# If that fails, this cell stops the notebook and says what to do. Elsewhere it does nothing.\n"
         "import sys\n"
         'if "google.colab" in sys.modules:\n'
-        "    import importlib, subprocess\n"
+        "    import importlib\n"
+        "    import subprocess\n"
         f'    REPO, VERSION = "{repository_url()}", "{package_version()}"\n'
         '    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q",\n'
         '                          f"camegrad_mini @ git+{REPO}@v{VERSION}"], capture_output=True, text=True)\n'

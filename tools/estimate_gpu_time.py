@@ -85,7 +85,8 @@ def build(cfg: T.TrainConfig, vocab: int):
 def batch(cfg: T.TrainConfig, mc: ModelConfig, vocab: int, n: int):
     g = torch.Generator().manual_seed(0)
     return (torch.randint(0, 256, (n, 2, cfg.image_size, cfg.image_size), dtype=torch.uint8, generator=g),
-            torch.randint(3, vocab, (n, mc.max_len), generator=g), torch.randint(3, vocab, (n, mc.max_len), generator=g),
+            torch.randint(3, vocab, (n, mc.max_len), generator=g),
+            torch.randint(3, vocab, (n, mc.max_len), generator=g),
             (torch.rand(n, 14, generator=g) > 0.8).float())
 
 
@@ -171,9 +172,11 @@ def plan_section(m: dict) -> list[str]:
            f"{m['step_ops']} operators |",
            f"| one validation pass ({SPLIT['val']} studies, decoding forced to full length + NLL) | "
            f"{m['val_flops'] / 1e12:.2f} TFLOP, {m['val_ops']} operators |",
-           f"| test decoding ({SPLIT['test']} studies) | {m['test_flops'] / 1e12:.2f} TFLOP, {m['test_ops']} operators |",
+           f"| test decoding ({SPLIT['test']} studies) | "
+           f"{m['test_flops'] / 1e12:.2f} TFLOP, {m['test_ops']} operators |",
            f"| one run: {m['steps_per_run']} x step + {m['epochs']} x validation + test | "
-           f"{(m['steps_per_run'] * m['step_flops'] + m['epochs'] * m['val_flops'] + m['test_flops']) / 1e15:.3f} PFLOP |",
+           f"{(m['steps_per_run'] * m['step_flops'] + m['epochs'] * m['val_flops'] + m['test_flops']) / 1e15:.3f} "
+           f"PFLOP |",
            f"| CPU cross-check: one step on this CPU | {m['cpu_step_s']:.2f} s = {cpu_gflops:.0f} GFLOP/s, so one run "
            f"would take {m['cpu_step_s'] * m['steps_per_run'] / 3600:.1f} h here |", ""]
     for name, peak, cores in GPUS[m["plan"]]:
@@ -181,7 +184,8 @@ def plan_section(m: dict) -> list[str]:
         lo, hi = UTILISATION
         out += [f"**{name}**, {e['jobs']} processes at a time: {e['flops'] / 1e15:.2f} PFLOP / ({peak:g} TFLOP/s x "
                 f"{lo:.0%}) = {e['gpu_s'][lo] / 60:.1f} min (at {hi:.0%}: {e['gpu_s'][hi] / 60:.1f} min); "
-                f"launches {e['ops'] / 1e6:.1f} M x {LAUNCH_S * 1e6:.0f} us / {e['jobs']} = {e['launch_s'] / 60:.1f} min. "
+                f"launches {e['ops'] / 1e6:.1f} M x {LAUNCH_S * 1e6:.0f} us / {e['jobs']} = "
+                f"{e['launch_s'] / 60:.1f} min. "
                 f"Estimate: about **{e['likely_s'] / 60:.0f} min** (the larger of the two), at most "
                 f"{e['pessimistic_s'] / 60:.0f} min ({hi:.0%} utilisation plus every launch).", ""]
     return out
@@ -189,7 +193,8 @@ def plan_section(m: dict) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default=str(ROOT / "results" / "gpu_estimate.md"), help="the Markdown file, or - for stdout")
+    ap.add_argument("--out", default=str(ROOT / "results" / "gpu_estimate.md"),
+                    help="the Markdown file, or - for stdout")
     ap.add_argument("--plans", nargs="+", default=[k for k, p in PLANS.items() if p.gpu])
     ap.add_argument("--steps", type=int, default=2, help="timed CPU steps per plan (median)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)

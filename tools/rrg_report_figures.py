@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     ids = [e["id"] for e in entries]
     cleaned = [clean_report(e["report"]) for e in entries]
     reps = [xml[uid_of(i)] for i in ids]
-    assert all(r.study_id == i for r, i in zip(reps, ids)), "annotation ids and Open-i XMLs disagree"
+    assert all(r.study_id == i for r, i in zip(reps, ids, strict=True)), "annotation ids and Open-i XMLs disagree"
     mesh = np.stack([mesh_labels(r.mesh_major) for r in reps])
     # reports the indexers left uncoded ("No Indexing" only) have no reference: leave them out
     coded = np.array([r.mesh_major != ["No Indexing"] for r in reps])
@@ -93,12 +93,14 @@ def main(argv: list[str] | None = None) -> int:
 
     prev = lab.mean(0)
     print("\n## Label prevalence (rule labeler, positive-or-uncertain)\n")
-    print(", ".join(f"{o} {p:.3f}" for o, p in zip(CHEXPERT_OBSERVATIONS, prev)))
+    print(", ".join(f"{o} {p:.3f}" for o, p in zip(CHEXPERT_OBSERVATIONS, prev, strict=True)))
     if a.json:
         Path(a.json).write_text(json.dumps({
-            "split": a.split, "n": len(ids), "n_coded": int(coded.sum()), "agreement_findings": agr, "agreement_findings_impression": agr_full,
+            "split": a.split, "n": len(ids), "n_coded": int(coded.sum()),
+            "agreement_findings": agr, "agreement_findings_impression": agr_full,
             "floor": {"report": normal, "text": t, "ce": {k: v for k, v in ce.items()}},
-            "prevalence": dict(zip(CHEXPERT_OBSERVATIONS, map(float, prev))), "vocab": len(tok)}, indent=1))
+            "prevalence": dict(zip(CHEXPERT_OBSERVATIONS, map(float, prev), strict=True)), "vocab": len(tok)},
+            indent=1))
     return 0
 
 

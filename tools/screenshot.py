@@ -84,8 +84,10 @@ PROBE_JS = r"""
     // show an icon, and the FontAwesome 4 font the stylesheet declares must load from this site.
     r.icon_font = null;
     if (anims.length) {
-      try { r.icon_font = (await document.fonts.load('14px FontAwesome', "\uf051")).map((f) => f.status).join(",") || "not declared"; }
-      catch (e) { r.icon_font = "error: " + e; }
+      try {
+        r.icon_font = (await document.fonts.load('14px FontAwesome', "\uf051")).map((f) => f.status).join(",") ||
+          "not declared";
+      } catch (e) { r.icon_font = "error: " + e; }
     }
     r.anims = [];
     for (const a of anims) {
@@ -93,11 +95,14 @@ PROBE_JS = r"""
       let svg = 0, font = 0;
       for (const b of buttons) {
         const s = b.querySelector("svg.svg-inline--fa path[d]"), i = b.querySelector("i.fa");
-        if (s && s.getAttribute("d").length > 10 && s.closest("svg").getBoundingClientRect().width > 0) svg++;
-        else if (i) {
+        if (s && s.getAttribute("d").length > 10 && s.closest("svg").getBoundingClientRect().width > 0) {
+          svg++;
+        } else if (i) {
           const st = getComputedStyle(i, "::before");
-          if (/FontAwesome/.test(getComputedStyle(i).fontFamily) && st.content && !/^(none|normal|"")$/.test(st.content) &&
-              document.fonts.check("14px FontAwesome", st.content.replace(/"/g, "")) && i.getBoundingClientRect().width > 0) font++;
+          if (/FontAwesome/.test(getComputedStyle(i).fontFamily) && st.content &&
+              !/^(none|normal|"")$/.test(st.content) &&
+              document.fonts.check("14px FontAwesome", st.content.replace(/"/g, "")) &&
+              i.getBoundingClientRect().width > 0) font++;
         }
       }
       const img = a.querySelector("img"), slider = a.querySelector("input.anim-slider");
@@ -111,7 +116,8 @@ PROBE_JS = r"""
                     next_changes_frame: before[0] !== after[0] && before[1] !== after[1]});
     }
     // 4. nothing from another host
-    const refs = [...document.querySelectorAll("script[src],link[href][rel~=stylesheet],link[href][rel~=preload],img[src],iframe[src]")]
+    const refs = [...document.querySelectorAll(
+      "script[src],link[href][rel~=stylesheet],link[href][rel~=preload],img[src],iframe[src]")]
       .map((e) => e.getAttribute("src") || e.getAttribute("href"));
     const tried = performance.getEntriesByType("resource").map((e) => e.name);
     r.external = [...new Set([...refs, ...tried].filter((u) => !local(u)))];

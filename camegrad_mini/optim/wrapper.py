@@ -386,7 +386,7 @@ class CAMEGrad(torch.optim.Optimizer):
 
     # ---------------------------------------------------------------- delegation to the base
     @property
-    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+    def param_groups(self) -> list[dict[str, Any]]:
         """The base optimizer's parameter groups (LR schedulers write here)."""
         return self._base.param_groups
 
@@ -395,7 +395,7 @@ class CAMEGrad(torch.optim.Optimizer):
         self._base.param_groups = value
 
     @property
-    def state(self) -> Any:  # type: ignore[override]
+    def state(self) -> Any:
         """The base optimizer's per-parameter state."""
         return self._base.state
 
@@ -404,7 +404,7 @@ class CAMEGrad(torch.optim.Optimizer):
         self._base.state = value
 
     @property
-    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+    def defaults(self) -> dict[str, Any]:
         """The base optimizer's defaults."""
         return self._base.defaults
 
@@ -882,7 +882,7 @@ class CAMEGrad(torch.optim.Optimizer):
         )
 
     # ---------------------------------------------------------------- checkpointing
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         """Base optimizer state plus the wrapper's: aggregator (hyperparameters, RNG state),
         step counter, ``nonfinite`` and ``max_grad_norm``. Pending (un-stepped) gradients are not saved."""
         return {
@@ -895,7 +895,7 @@ class CAMEGrad(torch.optim.Optimizer):
             },
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict` (round trip exact).
 
         Raises:

@@ -71,10 +71,10 @@ def _draw_vectors(axes, theta_deg: float, r: float, w: float, rho: float, kappa:
     G = polar_pair(np.radians(theta_deg), r)
     weights = np.array([1.0 - w, w])
     dirs = method_directions(G, weights, rho=rho, kappa=kappa, nu=nu)
-    lim = 1.1 * max(max(np.linalg.norm(v) for v in dirs.values()), 1.0, r)
+    lim = 1.1 * max(max(float(np.linalg.norm(v)) for v in dirs.values()), 1.0, r)
     draw_cone(a, common_descent_arc(G), radius=lim * 1.5, label="common descent")
     mu = dirs["mu"]
-    a.add_patch(Circle(tuple(mu), rho * np.linalg.norm(mu), fill=False, ls="--", color="tab:olive", lw=1.0,
+    a.add_patch(Circle(tuple(mu), rho * float(np.linalg.norm(mu)), fill=False, ls="--", color="tab:olive", lw=1.0,
                        label=r"S1 ball $\|u-\mu\|\leq\rho\|\mu\|$"))
     for i in range(2):
         a.annotate("", xy=tuple(G[i]), xytext=(0, 0),
@@ -94,7 +94,8 @@ def _draw_vectors(axes, theta_deg: float, r: float, w: float, rho: float, kappa:
     a.axvline(0, color="grey", lw=0.5)
     a.set_xlabel("gradient coordinate 1")
     a.set_ylabel("gradient coordinate 2")
-    a.set_title(rf"$\phi$={theta_deg:.0f}°, $\gamma$={r:.2f}, w={w:.2f}, $\rho$={rho:.2f}, $\kappa$={kappa:.2f}, $\nu$={nu:.2f}",
+    a.set_title(rf"$\phi$={theta_deg:.0f}°, $\gamma$={r:.2f}, w={w:.2f}, "
+                rf"$\rho$={rho:.2f}, $\kappa$={kappa:.2f}, $\nu$={nu:.2f}",
                 fontsize=9)
     a.legend(fontsize=7, loc="lower left", ncol=2, framealpha=0.8)
     # right panel: cosine of each direction with each task gradient
@@ -121,7 +122,8 @@ def _draw_vectors(axes, theta_deg: float, r: float, w: float, rho: float, kappa:
 
 def vector_figure(theta_deg: float = 120.0, r: float = 1.0, w: float = 0.5, rho: float = 0.5,
                   kappa: float = 1.5, nu: float = 0.2):
-    """The vector picture for ``g_0 = (1, 0)``, ``g_1 = r (cos phi, sin phi)`` (the book's φ and γ = r), omega = (1 - w, w).
+    """The vector picture for ``g_0 = (1, 0)``, ``g_1 = r (cos phi, sin phi)`` (the book's φ and γ = r),
+    omega = (1 - w, w).
 
     Args:
         theta_deg: Angle between the gradients, degrees.
@@ -162,7 +164,7 @@ def vector_widget(theta_deg: float = 120.0, r: float = 1.0, w: float = 0.5, rho:
     )
 
 
-def vector_sweep(thetas_deg=np.arange(90.0, 181.0, 5.0), dpi: int = 70, **fixed):
+def vector_sweep(thetas_deg=tuple(range(90, 181, 5)), dpi: int = 70, **fixed):
     """Kernel-free form of :func:`vector_widget`: one frame per angle (at most 30 frames).
 
     Args:
@@ -215,7 +217,7 @@ def plot_dual_objective(pairs: Mapping[str, np.ndarray], rho: float = 0.5, n: in
     """
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     t = np.linspace(0.0, 1.0, n)
-    for k, (label, G) in enumerate(pairs.items()):
+    for label, G in pairs.items():
         G = np.asarray(G, dtype=float)
         if G.shape[0] != 2:
             raise ValueError(f"pairs[{label!r}] must hold two gradients, got shape {G.shape}")
@@ -252,11 +254,11 @@ def plot_fusion_conflict(nus: Sequence[float], rhos: Sequence[float], fractions:
         A matplotlib figure.
     """
     fig, axes = plt.subplots(1, len(fractions), figsize=(4.4 * len(fractions), 3.5), sharey=True, squeeze=False)
-    for ax, (title, frac) in zip(axes[0], fractions.items()):
+    for ax, (title, frac) in zip(axes[0], fractions.items(), strict=True):
         frac = np.asarray(frac)
         if frac.shape != (len(rhos), len(nus)):
             raise ValueError(f"fractions[{title!r}] must have shape {(len(rhos), len(nus))}, got {frac.shape}")
-        for rho, row in zip(rhos, frac):
+        for rho, row in zip(rhos, frac, strict=True):
             ax.plot(nus, row, "o-", ms=3, label=rf"$\rho$={rho:g}")
         if mark_nu is not None:
             ax.axvline(mark_nu, color="grey", ls="--", lw=0.8)

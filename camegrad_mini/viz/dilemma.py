@@ -133,8 +133,9 @@ def plot_deviation_region(gamma_values=(1.0, 3.0, 10.0), n: int = 241, mark=None
     gamma_values = list(gamma_values)
     phi = np.linspace(0, np.pi, n)
     wgrid = np.linspace(0, 1, n)
-    fig, axes = plt.subplots(1, len(gamma_values), figsize=(3.3 * len(gamma_values), 3.2), sharey=True, squeeze=False)
-    for ax, gamma in zip(axes[0], gamma_values):
+    fig, axes = plt.subplots(1, len(gamma_values), figsize=(3.3 * len(gamma_values), 3.2), sharey=True,
+                             squeeze=False)
+    for ax, gamma in zip(axes[0], gamma_values, strict=True):
         T, W = np.meshgrid(phi, wgrid)
         G = dilemma.polar_gradients(T, gamma)  # (n, n, 2, 2)
         w_stack = np.stack([1 - W, W], -1)
@@ -175,7 +176,8 @@ def _draw_vectors(axes, phi: float, w: float, gamma: float) -> None:
     ratio = float(dilemma.energy_ratio(G, wts))
     lim = 1.15 * max(1.0, gamma)
     for i in range(2):
-        a.annotate("", xy=G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.2, alpha=0.5))
+        a.annotate("", xy=G[i], xytext=(0, 0),
+                   arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.2, alpha=0.5))
         a.annotate("", xy=wts[i] * G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=TASK_COLORS[i], lw=2.2))
         a.text(*(1.06 * G[i]), f"$g_{i}$" + (" (hurt)" if al[i] < 0 else ""), color=TASK_COLORS[i], fontsize=9)
     a.annotate("", xy=gj, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="k", lw=2.5))
@@ -223,11 +225,12 @@ def vector_widget(phi_deg: float = 120.0, w: float = 0.8, gamma: float = 1.0):
         show,
         phi_deg=W.FloatSlider(value=phi_deg, min=0, max=180, step=5, description="angle (°)", continuous_update=False),
         w=W.FloatSlider(value=w, min=0, max=1, step=0.05, description="weight w", continuous_update=False),
-        gamma=W.FloatLogSlider(value=gamma, base=10, min=-1, max=1, step=0.05, description="γ=|g1|/|g0|", continuous_update=False),
+        gamma=W.FloatLogSlider(value=gamma, base=10, min=-1, max=1, step=0.05, description="γ=|g1|/|g0|",
+                               continuous_update=False),
     )
 
 
-def vector_sweep(phis_deg=np.arange(90, 181, 5), w: float = 0.8, gamma: float = 1.0, dpi: int = 70):
+def vector_sweep(phis_deg=tuple(range(90, 181, 5)), w: float = 0.8, gamma: float = 1.0, dpi: int = 70):
     """Kernel-free form of :func:`vector_widget`: one frame per conflict angle."""
     vals = _check_frames(phis_deg)
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
@@ -265,8 +268,10 @@ def _draw_angle(axes, phi_deg: float, gamma: float, w: float, corr: float, sigma
     G, gj = here.grads[0], here.g_joint[0]
     lim = 1.15 * max(1.0, gamma)
     for i in range(2):
-        vec.annotate("", xy=G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.0, alpha=0.5))
-        vec.annotate("", xy=wts[i] * G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=TASK_COLORS[i], lw=2.0))
+        vec.annotate("", xy=G[i], xytext=(0, 0),
+                     arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.0, alpha=0.5))
+        vec.annotate("", xy=wts[i] * G[i], xytext=(0, 0),
+                     arrowprops=dict(arrowstyle="-|>", color=TASK_COLORS[i], lw=2.0))
         vec.text(*(1.06 * G[i]), f"$g_{i}$", color=TASK_COLORS[i], fontsize=9)
     vec.annotate("", xy=gj, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="k", lw=2.4))
     vec.text(*(gj + 0.05 * lim), r"$g_{joint}$", fontsize=9)
@@ -294,7 +299,7 @@ def _draw_angle(axes, phi_deg: float, gamma: float, w: float, corr: float, sigma
     curves.set_title(f"noise correlation c = {corr:+.2f}: does the diffusion follow the energy?", fontsize=9)
     curves.legend(fontsize=7, loc="upper right", ncol=1)
     span = 2.2 * np.sqrt(max(float(np.max([t.max() for t in grid.trace.values()])), 1e-9))
-    for ax, (kind, cov) in zip(ell, here.cov.items()):
+    for ax, (kind, cov) in zip(ell, here.cov.items(), strict=True):
         C = cov[0]
         width, height, angle = (float(v) for v in dilemma.ellipse_axes(C, 2.0))
         ax.add_patch(Ellipse((0, 0), width, height, angle=angle, fc=KIND_COLORS[kind], ec=KIND_COLORS[kind],
@@ -346,7 +351,7 @@ def angle_widget(phi_deg: float = 120.0, **initial):
     )
 
 
-def angle_sweep(phis_deg=np.arange(0.0, 181.0, 20.0), dpi: int = 60, **params):
+def angle_sweep(phis_deg=tuple(range(0, 181, 20)), dpi: int = 60, **params):
     """Kernel-free form of :func:`angle_widget`: one frame per conflict angle."""
     vals = _check_frames(phis_deg)
     p = {**ANGLE_DEFAULTS, **params}
@@ -473,10 +478,13 @@ def landscape_widget(**initial):
     )
 
 
-def landscape_sweep(param: str = "corr", values=np.linspace(-1, 1, 11), dpi: int = 70, **fixed):
-    """Kernel-free form of :func:`landscape_widget`: one frame per value of ``param``."""
+def landscape_sweep(param: str = "corr", values=None, dpi: int = 70, **fixed):
+    """Kernel-free form of :func:`landscape_widget`: one frame per value of ``param``
+    (``values`` defaults to ``np.linspace(-1, 1, 11)``)."""
     if param not in LANDSCAPE_DEFAULTS:
         raise ValueError(f"param must be one of {sorted(LANDSCAPE_DEFAULTS)}, got {param!r}")
+    if values is None:
+        values = np.linspace(-1, 1, 11)
     vals = _check_frames(values)
     p = {**LANDSCAPE_DEFAULTS, **fixed}
     fig, axes = _landscape_axes()
@@ -492,8 +500,11 @@ def landscape_sweep(param: str = "corr", values=np.linspace(-1, 1, 11), dpi: int
 # ----------------------------------------------------------------------------------------------
 # 3. sharp and flat wells: does noisy LS escape?
 # ----------------------------------------------------------------------------------------------
+_DEFAULT_WELLS = SharpFlatWells()  # frozen, so one shared default instance is safe (and a stable cache key)
+
+
 @lru_cache(maxsize=64)
-def wells_minima(w: float = 0.5, problem: SharpFlatWells = SharpFlatWells()) -> tuple[np.ndarray, np.ndarray]:
+def wells_minima(w: float = 0.5, problem: SharpFlatWells = _DEFAULT_WELLS) -> tuple[np.ndarray, np.ndarray]:
     """The sharp and the flat local minimum of the LS loss with weights ``(1 - w, w)``."""
     wts = dilemma.two_task_weights(w)
     s = dilemma.descend(problem, wts, problem.sharp_center, lr=0.01, steps=3000)
@@ -504,7 +515,7 @@ def wells_minima(w: float = 0.5, problem: SharpFlatWells = SharpFlatWells()) -> 
 WELLS_DEFAULTS = dict(sigma=2.5, corr=0.0, w=0.5, step_scale=1.0, lr=0.05, steps=400, n_seeds=40, seed=0)
 
 
-def _draw_wells(axes, sigma, corr, w, step_scale, lr, steps, n_seeds, seed, problem=SharpFlatWells()) -> None:
+def _draw_wells(axes, sigma, corr, w, step_scale, lr, steps, n_seeds, seed, problem=_DEFAULT_WELLS) -> None:
     a, b = axes
     a.clear()
     b.clear()
@@ -584,7 +595,7 @@ def wells_small_multiples(param: str = "corr", values=(-0.8, 0.0, 0.8), dpi: int
     p = {**WELLS_DEFAULTS, **fixed}
     fig, axes = plt.subplots(len(vals), 2, figsize=(10.0, 3.3 * len(vals)), dpi=dpi,
                              gridspec_kw=dict(width_ratios=[1.4, 1]), squeeze=False)
-    for row, v in zip(axes, vals):
+    for row, v in zip(axes, vals, strict=True):
         _draw_wells(row, **{**p, param: v})
     fig.tight_layout()
     return fig
@@ -597,11 +608,12 @@ def plot_escape_counts(corrs, sigmas, counts, n_seeds: int, w: float = 0.5, kapp
     against the energy factor kappa."""
     corrs, sigmas, counts = np.asarray(corrs), np.asarray(sigmas), np.asarray(counts)
     if counts.shape != (len(sigmas), len(corrs)):
-        raise ValueError(f"counts must have shape (len(sigmas), len(corrs)) = {(len(sigmas), len(corrs))}, got {counts.shape}")
+        raise ValueError(f"counts must have shape (len(sigmas), len(corrs)) = {(len(sigmas), len(corrs))}, "
+                         f"got {counts.shape}")
     ncol = 3 if kappas is not None else 2
     fig, axes = plt.subplots(1, ncol, figsize=(3.6 * ncol, 3.4))
     wts = dilemma.two_task_weights(w)
-    for s, row in zip(sigmas, counts):
+    for s, row in zip(sigmas, counts, strict=True):
         axes[0].plot(corrs, row / n_seeds, "o-", ms=3, label=f"σ = {s:g}")
         sd = np.sqrt(dilemma.weighted_noise_variance(wts, np.array([s, s]), corrs))
         axes[1].plot(sd, row / n_seeds, "o", ms=4, label=f"σ = {s:g}")
@@ -614,7 +626,7 @@ def plot_escape_counts(corrs, sigmas, counts, n_seeds: int, w: float = 0.5, kapp
     axes[1].legend(fontsize=7)
     if kappas is not None:
         kc = np.asarray(kappa_counts)
-        for cc, row in zip(kappa_corrs, kc):
+        for cc, row in zip(kappa_corrs, kc, strict=True):
             axes[2].plot(kappas, row / n_seeds, "s-", ms=3, label=f"c = {cc:g}")
         axes[2].set_xlabel("energy factor κ (multiplies the whole step)")
         axes[2].set_title("more energy: κ scales drift and noise", fontsize=9)

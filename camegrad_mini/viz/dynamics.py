@@ -73,7 +73,8 @@ def plot_weak_errors(errors: Mapping[str, np.ndarray], t_end: float) -> Figure:
     ax.set_xticklabels([f"{e:g}" for e in eta])
     ax.minorticks_off()
     ax.set_xlabel("learning rate $\\eta$")
-    ax.set_ylabel(f"$|\\,\\mathbb{{E}}\\,\\theta_{{\\mathrm{{SGD}}}} - \\mathbb{{E}}\\,\\theta_{{\\mathrm{{model}}}}|$ at $t={t_end:g}$")
+    ax.set_ylabel(f"$|\\,\\mathbb{{E}}\\,\\theta_{{\\mathrm{{SGD}}}} - "
+                  f"\\mathbb{{E}}\\,\\theta_{{\\mathrm{{model}}}}|$ at $t={t_end:g}$")
     ax.set_title("Weak error of the mean on a quadratic")
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -94,7 +95,8 @@ def plot_stationary_comparison(sgd_states: np.ndarray, em_states: np.ndarray, S_
     S_sgd, S_ou, H = (np.asarray(m, dtype=float) for m in (S_sgd, S_ou, H))
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(9.5, 4.0), dpi=90)
     k = min(n_scatter, len(sgd_states), len(em_states))
-    ax0.scatter(em_states[:k, 0], em_states[:k, 1], s=4, alpha=0.35, color=SDE_COLOR, label="Euler-Maruyama (small step)")
+    ax0.scatter(em_states[:k, 0], em_states[:k, 1], s=4, alpha=0.35, color=SDE_COLOR,
+                label="Euler-Maruyama (small step)")
     ax0.scatter(sgd_states[:k, 0], sgd_states[:k, 1], s=4, alpha=0.35, color=SGD_COLOR, label="SGD")
     draw_covariance_ellipse(ax0, S_sgd, color=SGD_COLOR, lw=2, label="2σ, discrete Lyapunov (SGD)")
     draw_covariance_ellipse(ax0, S_ou, color=SDE_COLOR, lw=2, ls="--", label="2σ, continuous Lyapunov (OU)")
@@ -111,7 +113,8 @@ def plot_stationary_comparison(sgd_states: np.ndarray, em_states: np.ndarray, S_
     ax1.hist(p_sgd, bins=edges, density=True, alpha=0.45, color=SGD_COLOR, label="SGD")
     ax1.hist(p_em, bins=edges, density=True, alpha=0.45, color=SDE_COLOR, label="Euler-Maruyama")
     z = np.linspace(-lim, lim, 400)
-    for S, color, ls, name in ((S_sgd, SGD_COLOR, "-", "discrete Lyapunov"), (S_ou, SDE_COLOR, "--", "continuous Lyapunov")):
+    for S, color, ls, name in ((S_sgd, SGD_COLOR, "-", "discrete Lyapunov"),
+                               (S_ou, SDE_COLOR, "--", "continuous Lyapunov")):
         v = u @ S @ u
         ax1.plot(z, np.exp(-z**2 / (2 * v)) / np.sqrt(2 * np.pi * v), ls, color=color, lw=2, label=name)
     ax1.set_xlabel("$u^\\top\\theta$  ($u$: sharpest direction of $H$)")
@@ -163,7 +166,7 @@ def plot_double_well(problem, temperature: float | None = None, states: np.ndarr
     a second axis, and with ``states`` (final SGD positions) their histogram beside it.
     """
     cp = problem.critical_points()
-    xs = np.linspace(*xlim, 800)
+    xs = np.linspace(xlim[0], xlim[1], 800)
     fig, ax = plt.subplots(figsize=(7.0, 4.4), dpi=90)
     ax.plot(xs, problem.loss(xs), color="k", lw=2, label="loss $L(x)$")
     for name, color in (("sharp", "tab:red"), ("saddle", "gray"), ("flat", "tab:green")):
@@ -177,11 +180,11 @@ def plot_double_well(problem, temperature: float | None = None, states: np.ndarr
     if temperature is not None:
         ax2 = ax.twinx()
         dens = np.exp(-(problem.loss(xs) - problem.loss(xs).min()) / temperature)
-        # normalized on the plotted range; np.trapezoid is numpy >= 2, np.trapz its numpy 1 name
-        dens /= (getattr(np, "trapezoid", None) or np.trapz)(dens, xs)
+        dens /= np.trapezoid(dens, xs)  # normalized on the plotted range (numpy >= 2, the package's floor)
         if states is not None:
-            ax2.hist(np.ravel(states), bins=np.linspace(*xlim, 90), density=True, color=SGD_COLOR,
-                     alpha=0.35, label="SGD chains (final states)")
+            # matplotlib's stub lists bins as int | Sequence[float] | str, but hist takes any array of edges
+            ax2.hist(np.ravel(states), bins=np.linspace(xlim[0], xlim[1], 90),  # type: ignore[arg-type]
+                     density=True, color=SGD_COLOR, alpha=0.35, label="SGD chains (final states)")
         ax2.plot(xs, dens, color=SDE_COLOR, lw=1.8, label=f"Gibbs density $e^{{-L/T}}/Z$, $T={temperature:.3f}$")
         ax2.set_ylabel("density")
         ax2.set_ylim(bottom=0)

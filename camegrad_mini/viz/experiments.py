@@ -64,7 +64,7 @@ def figure_legend(fig, axes, *, ncol: int | None = None, fontsize: str | float =
     """
     handles: dict[str, object] = {}
     for ax in np.ravel(np.asarray(axes, dtype=object)):
-        for h, lab in zip(*ax.get_legend_handles_labels()):
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if not lab.startswith("_"):
                 handles.setdefault(lab, h)
     if not handles:
@@ -112,9 +112,9 @@ def plot_bands(curves: Mapping[str, np.ndarray], ax: Axes | None = None, *, ylab
         k = (np.arange(v.shape[1]) + smooth - 1)[::every]
         m, s = v.mean(0)[::every], v.std(0, ddof=1)[::every]
         lo = np.maximum(m - s, 1e-6 if log else -np.inf)
-        c = method_color(label, i)
-        ax.plot(k, m, color=c, lw=1.4, label=label)
-        ax.fill_between(k, lo, m + s, color=c, alpha=0.18, lw=0)
+        color = method_color(label, i)
+        ax.plot(k, m, color=color, lw=1.4, label=label)
+        ax.fill_between(k, lo, m + s, color=color, alpha=0.18, lw=0)
     if log:
         ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.animation import FuncAnimation
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.figure import Figure, SubFigure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Wedge
 
@@ -50,7 +50,7 @@ CONE_COLOR = "tab:green"
 TASK_LABELS = ("task 0 (report)", "task 1 (clinical)")
 
 
-def _validate_weights(weights: Sequence[float]) -> np.ndarray:
+def _validate_weights(weights: Sequence[float] | np.ndarray) -> np.ndarray:
     w = np.asarray(weights, dtype=float)
     if w.shape != (2,) or (w < 0).any() or not np.isfinite(w).all():
         raise ValueError(f"weights must be two finite non-negative numbers, got {list(np.ravel(w))}")
@@ -134,7 +134,7 @@ def _arrow(ax: Axes, origin, vec, color, label: str | None, lw: float = 2.0):
     return ann, txt
 
 
-def draw_gradients(ax: Axes, g0, g1, weights: Sequence[float] = (1.0, 4.0), origin=(0.0, 0.0),
+def draw_gradients(ax: Axes, g0, g1, weights: Sequence[float] | np.ndarray = (1.0, 4.0), origin=(0.0, 0.0),
                    normalize: float | None = None, motion: bool = False, cone: bool = True,
                    hull: bool = True) -> dict:
     """Draw ``g_0``, ``g_1`` and ``g_joint = w_0 g_0 + w_1 g_1`` with the common-descent cone.
@@ -153,7 +153,7 @@ def draw_gradients(ax: Axes, g0, g1, weights: Sequence[float] = (1.0, 4.0), orig
     vecs = {"g0": g0, "g1": g1, "joint": gj}
     if normalize is not None:
         vecs = {k: (normalize * v / np.linalg.norm(v) if np.linalg.norm(v) > 0 else v) for k, v in vecs.items()}
-    radius = normalize if normalize is not None else 1.1 * max(np.linalg.norm(v) for v in vecs.values())
+    radius = normalize if normalize is not None else 1.1 * float(max(np.linalg.norm(v) for v in vecs.values()))
     prefix = "$-" if motion else "$"
     out: dict = {}
     if cone:
@@ -262,8 +262,8 @@ def plot_conflict_map(cmap: ConflictMap, ax: Axes | None = None, problem=None, c
     return ax
 
 
-def plot_weight_sweep(problem, ts: Sequence[float], points, ax_x: Axes | None = None, ax_f: Axes | None = None,
-                      label: str = "LS minimiser") -> Figure:
+def plot_weight_sweep(problem, ts: Sequence[float] | np.ndarray, points, ax_x: Axes | None = None,
+                      ax_f: Axes | None = None, label: str = "LS minimiser") -> Figure | SubFigure:
     """Where the weighted-sum minimiser lands as the weight ``alpha_1`` on task 1 sweeps ``[0, 1]``.
 
     The weighted sum is ``(1 - alpha_1) L_0 + alpha_1 L_1``; ``ts`` holds the weights
@@ -275,6 +275,7 @@ def plot_weight_sweep(problem, ts: Sequence[float], points, ax_x: Axes | None = 
     P = np.asarray(points, dtype=float)
     if P.shape != (len(ts), 2):
         raise ValueError(f"points must have shape (len(ts), 2) = ({len(ts)}, 2), got {P.shape}")
+    fig: Figure | SubFigure  # the axes' own figure: a subfigure when they sit in one
     if ax_x is None or ax_f is None:
         fig, (ax_x, ax_f) = plt.subplots(1, 2, figsize=(8.6, 3.6), dpi=80, layout="constrained")
     else:
@@ -292,7 +293,8 @@ def plot_weight_sweep(problem, ts: Sequence[float], points, ax_x: Axes | None = 
 
 
 def plot_scalarization_reach(sweep: ScalarizationSweep, losses, position, marks: Sequence[float] = (),
-                             marks_label: str = "marked positions", axes: Sequence[Axes] | None = None) -> Figure:
+                             marks_label: str = "marked positions",
+                             axes: Sequence[Axes] | None = None) -> Figure | SubFigure:
     """What linear scalarization can reach on a sampled Pareto set, from a
     :class:`~camegrad_mini.geometry.ScalarizationSweep`.
 
@@ -311,7 +313,7 @@ def plot_scalarization_reach(sweep: ScalarizationSweep, losses, position, marks:
         raise ValueError(f"losses must have shape ({sweep.n_points}, 2) and position ({sweep.n_points},), "
                          f"got {F.shape} and {pos.shape}")
     if axes is None:
-        fig, axes = plt.subplots(1, 2, figsize=(8.6, 3.5), dpi=80, layout="constrained")
+        _, axes = plt.subplots(1, 2, figsize=(8.6, 3.5), dpi=80, layout="constrained")
     ax_f, ax_w = axes
     fig = ax_f.figure
     glob, loc = sweep.reached("global"), sweep.reached("local")
