@@ -160,9 +160,9 @@ class CAME(Aggregator):
     """CAME-Grad, S1 -> S2 -> S3 (see :func:`camegrad_mini.optim.came_grad`).
 
     Args:
-        rho: Trust-region factor in [0, 1) (paper default 0.5).
-        kappa: Energy amplification >= 1 (paper default 1.5).
-        nu: Fusion weight in [0, 1] (paper default 0.2).
+        rho: Trust-region factor in [0, 1) (official code default 0.5).
+        kappa: Energy amplification >= 1 (official code default 1.5).
+        nu: Fusion weight in [0, 1] (official code default 0.2).
         eps: S2's epsilon (**[open]**; relative to the largest gradient norm by default).
         eps_mode: ``"relative"`` or ``"absolute"``.
         rectify_on: ``"raw"`` (default, as the method note reads) or ``"weighted"`` gradients in S1.

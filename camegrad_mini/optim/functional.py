@@ -605,8 +605,7 @@ def fuse(u_en: VectorT, g_joint: VectorT, kappa: float, nu: float) -> VectorT:
 
     g_final = (1 - nu) u_en + nu * kappa * g_joint. The paper names the stage "adaptive"; a public
     audit of it reports nu as a fixed tuned constant (values above 0.3 "bring conflicts back"), so
-    nothing here adapts it. Linear, so it works on
-    vectors or coefficient vectors alike.
+    nothing here adapts it. Linear, so it works on vectors or coefficient vectors alike.
 
     Args:
         u_en: Output of :func:`inject`.
@@ -686,9 +685,9 @@ def came_grad(
     Args:
         gram: Raw (T, T) Gram matrix.
         task_weights: omega; None means all ones.
-        rho: Trust-region factor in [0, 1) (paper default 0.5).
-        kappa: Energy amplification, >= 1 (paper default 1.5).
-        nu: Fusion weight in [0, 1] (paper default 0.2).
+        rho: Trust-region factor in [0, 1) (official code default 0.5).
+        kappa: Energy amplification, >= 1 (official code default 1.5).
+        nu: Fusion weight in [0, 1] (official code default 0.2).
         eps: S2's epsilon (see ``eps_mode``).
         eps_mode: ``"relative"`` or ``"absolute"``.
         rectify_on: ``"raw"`` or ``"weighted"`` gradients in S1.
