@@ -16,7 +16,7 @@ from camegrad_mini.rrg.paths import SAMPLES_ENV, DataNotFoundError, data_samples
 from camegrad_mini.rrg.standin import render_standins
 
 SAMPLES = Path(__file__).parents[1] / "data_samples" / "iu_xray"
-O = {n: i for i, n in enumerate(CHEXPERT_OBSERVATIONS)}
+OBS_INDEX = {n: i for i, n in enumerate(CHEXPERT_OBSERVATIONS)}
 
 
 @pytest.fixture(autouse=True)
@@ -92,10 +92,10 @@ def test_missing_and_unprepared_roots_name_the_command(tmp_path, monkeypatch):
 def test_standins_depend_on_labels_and_are_deterministic():
     n = 40
     labels = np.zeros((n, 14), np.float32)
-    labels[:, O["No Finding"]] = 1
+    labels[:, OBS_INDEX["No Finding"]] = 1
     cm = labels.copy()
-    cm[:, O["Cardiomegaly"]] = 1
-    cm[:, O["No Finding"]] = 0
+    cm[:, OBS_INDEX["Cardiomegaly"]] = 1
+    cm[:, OBS_INDEX["No Finding"]] = 0
     ids = [f"CXR{i}_IM-1" for i in range(n)]
     a = render_standins(labels, ids, image_size=64)
     b = render_standins(cm, ids, image_size=64)
@@ -106,7 +106,7 @@ def test_standins_depend_on_labels_and_are_deterministic():
     centre = (slice(None), 0, slice(36, 52), slice(10, 54))
     assert (b[centre].astype(float).mean(axis=(1, 2)) > a[centre].astype(float).mean(axis=(1, 2)) + 3).all()
     eff = labels.copy()
-    eff[:, O["Pleural Effusion"]] = 1
+    eff[:, OBS_INDEX["Pleural Effusion"]] = 1
     c = render_standins(eff, ids, image_size=64)
     base = (slice(None), 0, slice(44, 56), slice(4, 60))
     assert (c[base].astype(float).mean(axis=(1, 2)) > a[base].astype(float).mean(axis=(1, 2)) + 3).all()

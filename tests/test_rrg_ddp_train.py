@@ -81,7 +81,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     """Same steps, loss curve, gradient statistics and final parameters, to float tolerance."""
     ra, rb = _rows(a / "steps.csv"), _rows(b / "steps.csv")
     assert [r["step"] for r in ra] == [r["step"] for r in rb] == [str(i) for i in range(6)]
-    for x, y in zip(ra, rb):
+    for x, y in zip(ra, rb, strict=True):
         for c in LOSS_COLUMNS:
             assert float(x[c]) == pytest.approx(float(y[c]), rel=1e-4, abs=1e-7), (x["step"], c)
         # the inner product of two nearly orthogonal gradients is a difference of large sums: it is

@@ -42,7 +42,8 @@ def make_raw(tmp: Path, extra_reports: dict[str, bytes] | None = None, extra_png
     if reports_from_samples and not extra_reports:
         shutil.copy(SAMPLES / "NLMCXR_reports.tgz", raw / "NLMCXR_reports.tgz")
     else:
-        with tarfile.open(SAMPLES / "NLMCXR_reports.tgz") as src, tarfile.open(raw / "NLMCXR_reports.tgz", "w:gz") as dst:
+        with (tarfile.open(SAMPLES / "NLMCXR_reports.tgz") as src,
+              tarfile.open(raw / "NLMCXR_reports.tgz", "w:gz") as dst):
             for m in src:
                 if m.isfile() and Path(m.name).stem in {"2", "7", "54", "1000", "1900", "25"}:
                     _add(dst, m.name, src.extractfile(m).read())
@@ -83,14 +84,17 @@ def test_layout1_r2gen_annotation_reads_split_and_reports_missing_images(tmp_pat
     png = (SAMPLES / "images" / "CXR2_IM-0652-1001.png").read_bytes()
     for n in (0, 1):
         (root / "images" / "CXR9_IM-1" / f"{n}.png").write_bytes(png)
-    entries = {"train": [{"id": "CXR9_IM-1", "report": "Clear lungs.", "image_path": ["CXR9_IM-1/0.png", "CXR9_IM-1/1.png"], "split": "train"},
-                         {"id": "CXR8_IM-1", "report": "No effusion.", "image_path": ["CXR8_IM-1/0.png", "CXR8_IM-1/1.png"], "split": "train"}],
+    entries = {"train": [{"id": "CXR9_IM-1", "report": "Clear lungs.",
+                          "image_path": ["CXR9_IM-1/0.png", "CXR9_IM-1/1.png"], "split": "train"},
+                         {"id": "CXR8_IM-1", "report": "No effusion.",
+                          "image_path": ["CXR8_IM-1/0.png", "CXR8_IM-1/1.png"], "split": "train"}],
                "val": [], "test": []}
     (root / "annotation.json").write_text(json.dumps(entries))
     p = Problems()
     ann = read_r2gen(root, p)
     assert [e["id"] for e in ann["train"]] == ["CXR9_IM-1"]
-    assert p.items["missing_image"] == ["CXR8_IM-1"] and "1 annotation ids without an image file: CXR8_IM-1" in p.summary()
+    assert p.items["missing_image"] == ["CXR8_IM-1"]
+    assert "1 annotation ids without an image file: CXR8_IM-1" in p.summary()
     with pytest.raises(DataError, match="CXR8_IM-1"):
         copy_r2gen(root, tmp_path / "copy", strict=True)
     assert not (tmp_path / "copy").exists()
@@ -133,7 +137,8 @@ def test_seeded_split_is_deterministic_and_proportional():
 def test_layout2_bad_input_malformed_xml_unreadable_image_strict(tmp_path):
     bad_png = b"\x89PNG\r\n\x1a\n" + b"garbage" * 10
     raw = make_raw(tmp_path, extra_reports={"9001.xml": b"<eCitation><uId id='CXR9001'/>",  # truncated XML
-                                            "9002.xml": _xml(9002, "Clear lungs.", ["CXR9002_IM-1-1001", "CXR9002_IM-1-2001"]),
+                                            "9002.xml": _xml(9002, "Clear lungs.",
+                                                             ["CXR9002_IM-1-1001", "CXR9002_IM-1-2001"]),
                                             "9003.xml": _xml(9003, "No effusion.", ["CXR9003_IM-1-1001"])},
                    extra_pngs={"CXR9002_IM-1-1001.png": bad_png, "CXR9002_IM-1-2001.png": bad_png})
     res = convert_openi(raw, tmp_path / "out")
@@ -188,7 +193,8 @@ def test_prepare_cli_for_each_layout(tmp_path, capsys, monkeypatch):
     from camegrad_mini.rrg import prepare
     monkeypatch.setenv("CAMEGRAD_MINI_CACHE", str(tmp_path / "cache"))
     raw = make_raw(tmp_path)
-    assert prepare.main(["--layout", "openi", "--src", str(raw), "--out", str(tmp_path / "a"), "--cache-size", "32"]) == 0
+    assert prepare.main(["--layout", "openi", "--src", str(raw), "--out", str(tmp_path / "a"),
+                         "--cache-size", "32"]) == 0
     out = capsys.readouterr().out
     assert "train 4, val 0, test 1 studies" in out and "5 studies with real radiographs" in out
     assert prepare.main(["--layout", "r2gen", "--src", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0

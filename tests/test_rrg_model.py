@@ -38,7 +38,8 @@ def test_full_preset_is_compact_5_to_10M():
 
 
 def test_presets_are_ordered_by_size():
-    sizes = [ReportGenerator(ModelConfig.preset(p, 200, image_size=64)).num_parameters() for p in ("tiny", "small", "full")]
+    sizes = [ReportGenerator(ModelConfig.preset(p, 200, image_size=64)).num_parameters()
+             for p in ("tiny", "small", "full")]
     assert sizes[0] < sizes[1] < sizes[2]
 
 
@@ -247,7 +248,7 @@ def reference_beam(m: ReportGenerator, memory: torch.Tensor, max_len: int, k: in
                 for tok in banned_next(b[0][1:], n):
                     logp[j, tok] = float("-inf")
                 top = logp[j].topk(k)
-                for lp, tok in zip(top.values.tolist(), top.indices.tolist()):
+                for lp, tok in zip(top.values.tolist(), top.indices.tolist(), strict=True):
                     cand.append((b[0] + [tok], b[1] + lp, tok == cfg.eos_id))
             beams = sorted(cand, key=lambda b: -b[1] / (len(b[0]) - 1) ** length_penalty)[:k]
         out.append(m._strip(beams[0][0][1:]))

@@ -12,7 +12,7 @@ from camegrad_mini.rrg.labeler import (BLANK, CHEXPERT_OBSERVATIONS, NEGATIVE, P
 from camegrad_mini.rrg.text import Tokenizer, clean_report
 
 FIXTURES = Path(__file__).parent / "fixtures" / "rrg"
-O = {n: i for i, n in enumerate(CHEXPERT_OBSERVATIONS)}
+OBS_INDEX = {n: i for i, n in enumerate(CHEXPERT_OBSERVATIONS)}
 
 
 def test_clean_report_follows_r2gen():
@@ -80,7 +80,7 @@ def test_labeler_on_hand_labelled_reports(case):
     ("findings of chf .", "Cardiomegaly", UNCERTAIN),                              # CheXpert's CHF rule
 ])
 def test_labeler_rules(text, obs, state):
-    assert label_report(text)[O[obs]] == state
+    assert label_report(text)[OBS_INDEX[obs]] == state
 
 
 def test_no_finding_rule_and_binary():

@@ -81,13 +81,14 @@ def decode_resize(path: str | os.PathLike, size: int) -> np.ndarray:
     """
     from PIL import Image  # only real images need Pillow
 
-    with Image.open(path) as im:
-        im.load()
-        if im.mode in ("I;16", "I;16B", "I", "F"):
-            a = np.asarray(im, dtype=np.float32)
+    with Image.open(path) as src:
+        src.load()
+        im: Image.Image
+        if src.mode in ("I;16", "I;16B", "I", "F"):
+            a = np.asarray(src, dtype=np.float32)
             a = a / max(float(a.max()), 1.0) * 255.0
             im = Image.fromarray(a.astype(np.uint8))
         else:
-            im = im.convert("L")
-        im = im.resize((size, size), Image.BILINEAR, reducing_gap=3.0)
+            im = src.convert("L")
+        im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=3.0)
         return np.asarray(im, dtype=np.uint8)

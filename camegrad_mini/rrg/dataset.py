@@ -25,6 +25,7 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -86,7 +87,8 @@ class IUXRay:
             return "real IU X-Ray radiographs"
         if n_std == n_all:
             return "PHANTOM images (drawn from each study's report labels), not real radiographs"
-        return f"PHANTOM images for {n_std} of {n_all} studies (drawn from report labels); real radiographs for the rest"
+        return (f"PHANTOM images for {n_std} of {n_all} studies (drawn from report labels); "
+                "real radiographs for the rest")
 
     def describe(self) -> str:
         n = {k: len(v) for k, v in self.splits.items()}
@@ -103,7 +105,8 @@ class IUXRay:
         tr = self.splits.get("train")
         if tr is not None and len(tr):
             prev = tr.labels.mean(axis=0)
-            top = ", ".join(f"{o} {p:.2f}" for o, p in sorted(zip(CHEXPERT_OBSERVATIONS, prev), key=lambda t: -t[1])[:4])
+            ranked = sorted(zip(CHEXPERT_OBSERVATIONS, prev, strict=True), key=lambda t: -t[1])
+            top = ", ".join(f"{o} {p:.2f}" for o, p in ranked[:4])
             lines.append(f"train label prevalence (rule labeler, positive-or-uncertain): {top}")
         if self.problems:
             lines.append(f"skipped: {self.problems.summary()}")
@@ -148,7 +151,8 @@ def _hint_for(root: Path) -> str:
 def load_iu_xray(root: str | os.PathLike | None = None, images: str = "auto", image_size: int = 128,
                  strict: bool = False, seed: int = 0, *, cache: bool = True,
                  cache_directory: str | os.PathLike | None = None, progress: bool = False) -> IUXRay:
-    """Load IU X-Ray in R2Gen's split (module docstring).
+    """Load IU X-Ray in R2Gen's split (module docstring; chapter 6, section 6.1, *The data: real
+    reports, and which images*).
 
     Parameters
     ----------
@@ -160,22 +164,63 @@ def load_iu_xray(root: str | os.PathLike | None = None, images: str = "auto", im
     seed: seed of the stand-in drawings (the split itself is fixed by ``annotation.json``).
     cache: keep decoded / drawn images in the memory-mappable cache (``cache.py``).
     """
-    if images not in IMAGE_MODES:
-        raise ValueError(f"images must be one of {IMAGE_MODES}, got {images!r}")
-    images = "standin" if images == "phantom" else images
-    if not isinstance(image_size, (int, np.integer)) or not 16 <= int(image_size) <= 1024:
-        raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
-    image_size = int(image_size)
+    images, image_size = _check_arguments(images, image_size)
     root_path = resolve_root(root)
     is_samples = (root_path / "images" / "manifest.csv").is_file() and (root_path / "NLMCXR_reports.tgz").is_file()
     if not is_samples and not (root_path / "annotation.json").is_file():
-        raise DataNotFoundError(f"{root_path} is not an R2Gen-layout folder (no annotation.json): {_hint_for(root_path)}")
+        raise DataNotFoundError(f"{root_path} is not an R2Gen-layout folder (no annotation.json): "
+                                f"{_hint_for(root_path)}")
     problems = Problems()
     ann = read_r2gen(root_path, problems, check_images=False)
     entries = [(split, e) for split in SPLITS for e in ann[split]]
     ids = [e["id"] for _, e in entries]
 
-    # which studies have both image files
+    views, source = _image_files(root_path, entries, ids, images, is_samples, problems)
+    problems.check(strict, context=f"loading {root_path}")
+    notes: list[str] = []
+    views = _views_pillow_can_decode(views, images, is_samples, notes)
+
+    # decode real images once (cached), reporting unreadable files by id
+    real_ids = [sid for sid in ids if sid in views]
+    real_arr, unreadable = _decode_real(real_ids, views, image_size, problems, strict, root_path,
+                                        cache, cache_directory, progress)
+    real_pos = {sid: k for k, sid in enumerate(real_ids) if sid not in unreadable}
+
+    cleaned = [clean_report(e["report"]) for _, e in entries]
+    states = label_reports(cleaned)
+    binary = labels_to_binary(states)
+
+    keep = [i for i, sid in enumerate(ids)
+            if sid in real_pos or (images == "standin") or (images == "auto" and is_samples)]
+    keep = [i for i in keep if ids[i] not in unreadable]
+    std_idx = [i for i in keep if ids[i] not in real_pos]
+    std_arr = _draw_standins([ids[i] for i in std_idx], states[std_idx], image_size, seed, cache, cache_directory)
+    std_pos = {ids[i]: k for k, i in enumerate(std_idx)}
+
+    out = {split: _assemble_split(split, [i for i in keep if entries[i][0] == split], ids, cleaned, binary, states,
+                                  real_arr, real_pos, std_arr, std_pos, image_size)
+           for split in SPLITS}
+    if not len(out["train"]):
+        raise DataNotFoundError(f"no training studies with images in {root_path}: {_hint_for(root_path)}")
+    # R2Gen fits the vocabulary on every training report of the annotation, with or without images
+    tok = Tokenizer.fit([c for c, (split, _) in zip(cleaned, entries, strict=True) if split == "train"], clean=False)
+    return IUXRay(out, tok, image_size, images, source, problems, notes)
+
+
+def _check_arguments(images: str, image_size: Any) -> tuple[str, int]:
+    """``images`` with ``"phantom"`` spelt ``"standin"`` (the internal name), ``image_size`` as an int."""
+    if images not in IMAGE_MODES:
+        raise ValueError(f"images must be one of {IMAGE_MODES}, got {images!r}")
+    images = "standin" if images == "phantom" else images
+    if not isinstance(image_size, (int, np.integer)) or not 16 <= int(image_size) <= 1024:
+        raise ValueError(f"image_size must be an int in [16, 1024], got {image_size!r}")
+    return images, int(image_size)
+
+
+def _image_files(root_path: Path, entries: list[tuple[str, dict]], ids: list[str], images: str, is_samples: bool,
+                 problems: Problems) -> tuple[dict[str, list[Path]], str]:
+    """Which studies have both image files (study id -> paths), and where the data came from.
+    Studies that should have real images but lack them are added to ``problems``."""
     if is_samples:
         views = _sample_views(root_path, set(ids)) if images != "standin" else {}
         source = "the shipped samples (data_samples/iu_xray: real reports of all R2Gen studies)"
@@ -191,83 +236,85 @@ def load_iu_xray(root: str | os.PathLike | None = None, images: str = "auto", im
         for sid in ids:
             if sid not in views:
                 problems.add("missing_image", sid)
-    problems.check(strict, context=f"loading {root_path}")
-    notes: list[str] = []
+    return views, source
+
+
+def _views_pillow_can_decode(views: dict[str, list[Path]], images: str, is_samples: bool,
+                             notes: list[str]) -> dict[str, list[Path]]:
+    """``views``, or none (with a note) where Pillow is missing and stand-ins may replace the samples."""
     if views:
         try:
             import PIL  # noqa: F401  (decoding PNGs needs Pillow; a bare GPU box may lack it)
         except ImportError:
             if images == "real" or not is_samples:
                 raise ImportError("decoding the radiographs needs Pillow: pip install pillow") from None
-            views = {}
             notes.append("Pillow is not installed, so the sample radiographs were replaced by stand-ins")
+            return {}
+    return views
 
-    # decode real images once (cached), reporting unreadable files by id
-    real_ids = [sid for sid in ids if sid in views]
+
+def _decode_real(real_ids: list[str], views: dict[str, list[Path]], image_size: int, problems: Problems, strict: bool,
+                 root_path: Path, cache: bool, cache_directory: str | os.PathLike | None,
+                 progress: bool) -> tuple[np.ndarray, set[str]]:
+    """The real images of ``real_ids`` as ``uint8 [N, 2, S, S]`` (cached), and the ids whose files
+    could not be read (added to ``problems``; raised with ``strict``)."""
     real_arr = np.zeros((0, 2, image_size, image_size), np.uint8)
     unreadable: set[str] = set()
-    if real_ids:
-        def build_real() -> np.ndarray:
-            arr = np.zeros((len(real_ids), 2, image_size, image_size), np.uint8)
-            it = range(len(real_ids))
-            if progress:
-                from tqdm.auto import tqdm
-                it = tqdm(it, desc="decoding images", unit="study")
-            for k in it:
-                for v, p in enumerate(views[real_ids[k]]):
-                    try:
-                        arr[k, v] = decode_resize(p, image_size)
-                    except (OSError, ValueError, SyntaxError):
-                        unreadable.add(real_ids[k])
-            return arr
-        settings = {"kind": "real", "size": image_size, "files": _fingerprint([views[s] for s in real_ids])}
-        # a cache is never written when a file was unreadable: it is found and reported on every load
-        real_arr = cached_array("iu_real", settings, build_real, cache_directory, enabled=cache,
-                                keep=lambda: not unreadable)
-        if unreadable:
-            for sid in sorted(unreadable):
-                problems.add("unreadable_image", sid)
-            problems.check(strict, kinds=("unreadable_image",), context=f"loading {root_path}")
-    real_pos = {sid: k for k, sid in enumerate(real_ids) if sid not in unreadable}
+    if not real_ids:
+        return real_arr, unreadable
 
-    cleaned = [clean_report(e["report"]) for _, e in entries]
-    states = label_reports(cleaned)
-    binary = labels_to_binary(states)
+    def build_real() -> np.ndarray:
+        arr = np.zeros((len(real_ids), 2, image_size, image_size), np.uint8)
+        it: Iterable[int] = range(len(real_ids))
+        if progress:
+            from tqdm.auto import tqdm
+            it = tqdm(it, desc="decoding images", unit="study")
+        for k in it:
+            for v, p in enumerate(views[real_ids[k]]):
+                try:
+                    arr[k, v] = decode_resize(p, image_size)
+                except (OSError, ValueError, SyntaxError):
+                    unreadable.add(real_ids[k])
+        return arr
+    settings = {"kind": "real", "size": image_size, "files": _fingerprint([views[s] for s in real_ids])}
+    # a cache is never written when a file was unreadable: it is found and reported on every load
+    real_arr = cached_array("iu_real", settings, build_real, cache_directory, enabled=cache,
+                            keep=lambda: not unreadable)
+    if unreadable:
+        for sid in sorted(unreadable):
+            problems.add("unreadable_image", sid)
+        problems.check(strict, kinds=("unreadable_image",), context=f"loading {root_path}")
+    return real_arr, unreadable
 
-    keep = [i for i, sid in enumerate(ids)
-            if sid in real_pos or (images == "standin") or (images == "auto" and is_samples)]
-    keep = [i for i in keep if ids[i] not in unreadable]
-    std_idx = [i for i in keep if ids[i] not in real_pos]
-    std_arr = np.zeros((0, 2, image_size, image_size), np.uint8)
-    if std_idx:
-        std_ids = [ids[i] for i in std_idx]
-        h = hashlib.sha256(("\n".join(std_ids)).encode() + states[std_idx].tobytes()).hexdigest()[:16]
-        settings = {"kind": "standin", "size": image_size, "seed": seed, "v": STANDIN_VERSION, "content": h}
-        std_arr = cached_array("iu_standin", settings,
-                               lambda: render_standins(states[std_idx], std_ids, image_size=image_size, seed=seed),
-                               cache_directory, enabled=cache)
-    std_pos = {ids[i]: k for k, i in enumerate(std_idx)}
 
-    out: dict[str, Split] = {}
-    for split in SPLITS:
-        idx = [i for i in keep if entries[i][0] == split]
-        imgs = np.empty((len(idx), 2, image_size, image_size), np.uint8)
-        mask = np.zeros(len(idx), dtype=bool)
-        for j, i in enumerate(idx):
-            sid = ids[i]
-            if sid in real_pos:
-                imgs[j] = real_arr[real_pos[sid]]
-            else:
-                imgs[j] = std_arr[std_pos[sid]]
-                mask[j] = True
-        out[split] = Split(split, [ids[i] for i in idx], [cleaned[i] for i in idx], imgs,
-                           binary[idx] if idx else np.zeros((0, 14), np.float32),
-                           states[idx] if idx else np.zeros((0, 14), np.int8), mask)
-    if not len(out["train"]):
-        raise DataNotFoundError(f"no training studies with images in {root_path}: {_hint_for(root_path)}")
-    # R2Gen fits the vocabulary on every training report of the annotation, with or without images
-    tok = Tokenizer.fit([c for c, (split, _) in zip(cleaned, entries) if split == "train"], clean=False)
-    return IUXRay(out, tok, image_size, images, source, problems, notes)
+def _draw_standins(std_ids: list[str], std_states: np.ndarray, image_size: int, seed: int, cache: bool,
+                   cache_directory: str | os.PathLike | None) -> np.ndarray:
+    """The phantom images of ``std_ids`` (drawn from their label states; cached)."""
+    if not std_ids:
+        return np.zeros((0, 2, image_size, image_size), np.uint8)
+    h = hashlib.sha256(("\n".join(std_ids)).encode() + std_states.tobytes()).hexdigest()[:16]
+    settings = {"kind": "standin", "size": image_size, "seed": seed, "v": STANDIN_VERSION, "content": h}
+    return cached_array("iu_standin", settings,
+                        lambda: render_standins(std_states, std_ids, image_size=image_size, seed=seed),
+                        cache_directory, enabled=cache)
+
+
+def _assemble_split(split: str, idx: list[int], ids: list[str], cleaned: list[str], binary: np.ndarray,
+                    states: np.ndarray, real_arr: np.ndarray, real_pos: dict[str, int], std_arr: np.ndarray,
+                    std_pos: dict[str, int], image_size: int) -> Split:
+    """One :class:`Split` of the studies ``idx``: each study's real images, or its stand-ins."""
+    imgs = np.empty((len(idx), 2, image_size, image_size), np.uint8)
+    mask = np.zeros(len(idx), dtype=bool)
+    for j, i in enumerate(idx):
+        sid = ids[i]
+        if sid in real_pos:
+            imgs[j] = real_arr[real_pos[sid]]
+        else:
+            imgs[j] = std_arr[std_pos[sid]]
+            mask[j] = True
+    return Split(split, [ids[i] for i in idx], [cleaned[i] for i in idx], imgs,
+                 binary[idx] if idx else np.zeros((0, 14), np.float32),
+                 states[idx] if idx else np.zeros((0, 14), np.int8), mask)
 
 
 __all__ = ["load_iu_xray", "IUXRay", "Split", "data_samples_dir"]

@@ -27,6 +27,7 @@ import argparse
 import gzip
 import hashlib
 import http.client
+import io
 import json
 import os
 import socket
@@ -139,6 +140,10 @@ class _HashingReader:
         block = self.f.read(n)
         self.h.update(block)
         return block
+
+    def seek(self, n: int, /) -> int:
+        # gzip's reader protocol names seek, but a forward read never calls it; a seek would skip hashing
+        raise io.UnsupportedOperation("a hashing reader reads forward only")
 
 
 def _digest(path: Path, *, archive: bool = False) -> str:
@@ -389,8 +394,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for r in download_openi(a.out, base_url=a.base_url, which=which, progress=not a.no_progress,
                                 sha256_png=a.sha256_png):
-            state = "already present and verified" if r.skipped else (
-                f"downloaded {r.bytes_downloaded} bytes" + (f" (resumed at {r.resumed_from})" if r.resumed_from else ""))
+            resumed = f" (resumed at {r.resumed_from})" if r.resumed_from else ""
+            state = "already present and verified" if r.skipped else f"downloaded {r.bytes_downloaded} bytes{resumed}"
             print(f"{r.path}: {state}")
     except DownloadError as e:
         print(f"error: {e}", file=sys.stderr)

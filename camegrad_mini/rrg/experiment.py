@@ -1,6 +1,7 @@
 """Methods x seeds experiments: run them, score them post hoc on a CPU, export small result files.
 
-``python -m camegrad_mini.rrg.experiment run --config gpu_full --methods ls came pcgrad cagrad --seeds 0 1 2 --out runs/grid --jobs 12``
+``python -m camegrad_mini.rrg.experiment run --config gpu_full --methods ls came pcgrad cagrad --seeds 0 1 2
+--out runs/grid --jobs 12``
     trains every (method, seed) into ``runs/grid/<method>_s<seed>/`` (see :mod:`camegrad_mini.rrg.train`),
     in this process (``--jobs 1``) or as concurrent subprocesses on one device (``--jobs N``).
     A (method, seed) listed twice, or a run folder another training is using, is refused up front.
@@ -34,7 +35,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import IO, Any, Callable, Sequence
 
 import numpy as np
 
@@ -149,7 +150,8 @@ def _run_pairs(T: Any, config: str, pairs: list[tuple[str, int]], root: Path, ov
     overrides["num_threads"] = threads
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         env[var] = str(threads)
-    pending, running, failed = list(pairs), [], []
+    pending, failed = list(pairs), []
+    running: list[tuple[tuple[str, int], subprocess.Popen[bytes], IO[str]]] = []
     while pending or running:
         while pending and len(running) < jobs:
             m, s = pending.pop(0)
@@ -159,7 +161,7 @@ def _run_pairs(T: Any, config: str, pairs: list[tuple[str, int]], root: Path, ov
                    "--out", str(d), "--no-progress", "--overrides", json.dumps(overrides)]
             if not resume:
                 cmd.append("--no-resume")
-            log = open(d / "train.log", "a" if resume else "w")  # a resumed run keeps its earlier log
+            log: IO[str] = open(d / "train.log", "a" if resume else "w")  # a resumed run keeps its earlier log
             running.append(((m, s), subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env), log))
         time.sleep(0.5)
         for item in list(running):
@@ -230,10 +232,11 @@ def posthoc(root: str | Path, text: bool = True, meteor: bool = True,
 
     out = []
     only = None if runs is None else set(runs)
-    runs = sorted(p.parent for p in Path(root).glob("*/generations_test.jsonl") if only is None or p.parent.name in only)
+    run_dirs = sorted(p.parent for p in Path(root).glob("*/generations_test.jsonl")
+                      if only is None or p.parent.name in only)
     # read (and check) every file before scoring any: one damaged run stops the command, not half of it
-    all_gens = [_read_generations(run / "generations_test.jsonl", _expected_generations(run)) for run in runs]
-    for run, gens in zip(runs, all_gens):
+    all_gens = [_read_generations(run / "generations_test.jsonl", _expected_generations(run)) for run in run_dirs]
+    for run, gens in zip(run_dirs, all_gens, strict=True):
         gen, ref = [g["generated"] for g in gens], [g["reference"] for g in gens]
         ref_tok = [g.get("reference_tok", g["reference"]) for g in gens]
         ce = clinical_efficacy(ref, gen)
@@ -279,7 +282,8 @@ def _mean_sd(xs: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else float("nan")
 
 
-def aggregate(rows: list[dict[str, Any]], metrics: Sequence[str] = HEADLINE_METRICS, baseline: str = "ls") -> dict[str, Any]:
+def aggregate(rows: list[dict[str, Any]], metrics: Sequence[str] = HEADLINE_METRICS,
+              baseline: str = "ls") -> dict[str, Any]:
     """Mean and sd per method over seeds, and paired differences (method - baseline, same seed).
 
     A run whose summary says ``stopped_early`` (cut by ``--max-train-seconds``) trained fewer
@@ -297,7 +301,8 @@ def aggregate(rows: list[dict[str, Any]], metrics: Sequence[str] = HEADLINE_METR
         seeds = sorted(s for (mm, s) in by if mm == m)
         entry: dict[str, Any] = {"seeds": seeds}
         for k in metrics:
-            vals = [by[(m, s)][k] for s in seeds if isinstance(by[(m, s)].get(k), (int, float)) and not math.isnan(by[(m, s)][k])]
+            vals = [by[(m, s)][k] for s in seeds
+                    if isinstance(by[(m, s)].get(k), (int, float)) and not math.isnan(by[(m, s)][k])]
             if not vals:
                 continue
             mean, sd = _mean_sd(vals)
@@ -350,14 +355,15 @@ def export(root: str | Path, dest: str | Path, meta: dict[str, Any] | None = Non
     src, dst = root.resolve(), dest.resolve()
     if dst == src or src in dst.parents:
         where = "is the source folder" if dst == src else "lies inside the source folder"
-        raise ValueError(f"export destination {dest} {where} {root}; choose a folder outside it (nothing was written)")
+        raise ValueError(f"export destination {dest} {where} {root}; choose a folder outside it "
+                         "(nothing was written)")
     only = None if runs is None else set(runs)
-    runs = sorted(p.parent for p in root.glob("*/summary.json") if only is None or p.parent.name in only)
-    if not runs:
+    run_dirs = sorted(p.parent for p in root.glob("*/summary.json") if only is None or p.parent.name in only)
+    if not run_dirs:
         raise FileNotFoundError(f"no runs under {root} (no {root}/*/summary.json); check the folder "
                                 "(`experiment run` writes it)")
     dest.mkdir(parents=True, exist_ok=True)
-    for run in runs:
+    for run in run_dirs:
         (dest / run.name).mkdir(exist_ok=True)
         for name in SMALL_FILES:
             if (run / name).exists():
@@ -372,7 +378,7 @@ def write_results(dest: str | Path, meta: dict[str, Any] | None = None, text: bo
     """Aggregate the runs under ``dest`` into ``dest/results.json`` (with the always-normal floor)."""
     dest = Path(dest)
     rows = collect(dest)
-    res = {"meta": dict(meta or {}), "aggregate": aggregate(rows),
+    res: dict[str, Any] = {"meta": dict(meta or {}), "aggregate": aggregate(rows),
            "always_normal": always_normal(dest, text=text, meteor=meteor), "runs": rows}
     if (dest / "bench.json").is_file():
         res["bench"] = json.loads((dest / "bench.json").read_text(encoding="utf-8"))
@@ -424,7 +430,8 @@ def format_table(res: dict[str, Any], metrics: Sequence[str] = ("test_f1_macro",
         lines.append(f"{meth:<8}" + "".join(cells))
     floor = res.get("always_normal") or {}
     if floor:
-        lines.append(f"{'normal':<8}" + "".join(f"{(f'{floor[k]:.{digits}f}' if k in floor else '–'):>26}" for k in metrics))
+        lines.append(f"{'normal':<8}"
+                     + "".join(f"{(f'{floor[k]:.{digits}f}' if k in floor else '–'):>26}" for k in metrics))
     for x in agg.get("excluded", []):
         lines.append(f"left out: {x['run']} ({x['reason']}; rerun it to finish)")
     return "\n".join(lines)

@@ -175,10 +175,12 @@ _ATTR_NEG = r"normal|within normal limits|unremarkable|not enlarged|no enlargeme
 UNMENTIONS: dict[str, list[str]] = {
     "Pleural Effusion": [r"pericardial effusions?", r"joint effusions?"],
     # healed granulomatous disease is an old infection, not pneumonia
-    "Pneumonia": [r"(?:granulomatous|histoplasm\w*|tuberculous|prior|old|previous|remote|healed) (?:\w+ ){0,2}infection"],
+    "Pneumonia": [r"(?:granulomatous|histoplasm\w*|tuberculous|prior|old|previous|remote|healed)"
+                  r" (?:\w+ ){0,2}infection"],
     "Lung Opacity": [r"(?:bone|bony|osseous|soft tissue|breast|nipple) (?:opacit\w+|densit\w+)",
                      r"density of the (?:bones?|soft tissues?)", r"scar\w* (?:in|of) the (?:chest wall|breast)"],
-    "Lung Lesion": [r"(?:soft tissue|breast|nipple|skin|bony|bone|osseous|lytic|sclerotic) (?:masse?s?|lesions?|nodules?)",
+    "Lung Lesion": [r"(?:soft tissue|breast|nipple|skin|bony|bone|osseous|lytic|sclerotic)"
+                    r" (?:masse?s?|lesions?|nodules?)",
                     r"massive", r"mass effect", r"calcified (?:lymph )?nodes?"],
     "Support Devices": [r"port(?:ion|able|ions)", r"leads? to", r"leading", r"portion",
                         r"(?:ng|et) al"],
@@ -281,7 +283,7 @@ class _Blocked:
         self.obs, self.clause, self.attribute = obs, clause, attribute
         self._starts: list[int] | None = None
 
-    def _find(self) -> None:
+    def _find(self) -> list[int]:
         obs, clause = self.obs, self.clause
         spans = [m.span() for m in _UNMENTION_RE[obs].finditer(clause)] if obs in _UNMENTION_RE else []
         if self.attribute:
@@ -291,13 +293,13 @@ class _Blocked:
         self._starts = [a for a, _ in spans]
         # the furthest end among the first i + 1 spans (spans of two regexes may nest or overlap)
         self._reach = list(itertools.accumulate((b for _, b in spans), max))
+        return self._starts
 
     def hits(self, span: tuple[int, int]) -> bool:
         """Whether a blocked ``(a, b)`` has ``a < end`` and ``start < b``."""
-        if self._starts is None:
-            self._find()
+        starts = self._find() if self._starts is None else self._starts
         start, end = span
-        i = bisect_left(self._starts, end)            # the blocked spans with a < end
+        i = bisect_left(starts, end)                  # the blocked spans with a < end
         return i > 0 and self._reach[i - 1] > start
 
 
@@ -345,12 +347,17 @@ class _Scope:
     def cues(self, j: int) -> tuple[bool, bool, bool] | None:
         """(pre-negation uncertainty, negation, uncertainty) in ``text[:j]``; None: unknown."""
         i = bisect_left(self._pseudo_ends, j)                  # pseudo-negations ending before j
+        pre_neg_unc = _found(self.pre_neg_uncertain, j)
+        neg: bool | None
+        unc: bool | None
         if i < len(self._pseudo_starts) and self._pseudo_starts[i] < j:
-            found = (_found(self.pre_neg_uncertain, j), *self._cut_pseudo(i, j))
+            neg, unc = self._cut_pseudo(i, j)
         else:
             jm = j - self._shrink[i]                            # j in the masked text
-            found = (_found(self.pre_neg_uncertain, j), _found(self.neg, jm), _found(self.unc, jm))
-        return None if None in found else found
+            neg, unc = _found(self.neg, jm), _found(self.unc, jm)
+        if pre_neg_unc is None or neg is None or unc is None:
+            return None
+        return pre_neg_unc, neg, unc
 
     def _cut_pseudo(self, i: int, j: int) -> tuple[bool, bool]:
         """Negation and uncertainty cues in ``text[:j]`` when pseudo-negation ``i`` straddles ``j``

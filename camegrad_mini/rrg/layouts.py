@@ -151,14 +151,22 @@ def parse_openi_xml(data: bytes) -> OpenIReport:
     """Parse one ``ecgen-radiology/<uid>.xml``; raises ``xml.etree.ElementTree.ParseError``."""
     root = ET.fromstring(data)
     uid_el = root.find("uId")
-    if uid_el is None or not uid_el.get("id"):
+    uid = uid_el.get("id") if uid_el is not None else None
+    if not uid:
         raise ET.ParseError("no <uId id=...> element")
     sections = {a.get("Label"): (a.text or "").strip() for a in root.iter("AbstractText")}
     mesh = root.find("MeSH")
     major = [m.text.strip() for m in mesh if m.tag == "major" and m.text] if mesh is not None else []
-    images = [p.get("id") for p in root.iter("parentImage") if p.get("id")]
-    return OpenIReport(uid_el.get("id"), sections.get("FINDINGS", ""), sections.get("IMPRESSION", ""),
-                       major, images)
+    images = [i for p in root.iter("parentImage") if (i := p.get("id"))]
+    return OpenIReport(uid, sections.get("FINDINGS", ""), sections.get("IMPRESSION", ""), major, images)
+
+
+def _member_bytes(tar: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
+    """The contents of a regular-file ``member`` (the callers check ``isfile()``)."""
+    f = tar.extractfile(member)
+    if f is None:
+        raise tarfile.TarError(f"{member.name} has no contents to read")
+    return f.read()
 
 
 def _iter_report_files(path: Path, wanted: set[str] | None = None) -> Iterable[tuple[str, bytes]]:
@@ -167,7 +175,7 @@ def _iter_report_files(path: Path, wanted: set[str] | None = None) -> Iterable[t
             with tarfile.open(path, "r:*") as tar:
                 for m in tar:
                     if m.isfile() and m.name.endswith(".xml") and (wanted is None or Path(m.name).stem in wanted):
-                        yield m.name, tar.extractfile(m).read()
+                        yield m.name, _member_bytes(tar, m)
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DataError(f"{path} is not a readable .tgz archive ({e}); fetch it again with "
                             f"`{DOWNLOAD_CMD}`") from e
@@ -565,7 +573,7 @@ def _png_index(src: Path, wanted: set[str], staging: Path) -> dict[str, Path]:
                     stem = Path(m.name).name[:-4]
                     if m.isfile() and m.name.endswith(".png") and stem in wanted:
                         dest = staging / Path(m.name).name
-                        dest.write_bytes(tar.extractfile(m).read())
+                        dest.write_bytes(_member_bytes(tar, m))
                         index[stem] = dest
         except (tarfile.TarError, OSError, EOFError) as e:
             raise DataError(f"{tgz} is not a readable .tgz archive ({e}); fetch it again with "
@@ -607,7 +615,8 @@ def convert_openi(src: str | os.PathLike, out: str | os.PathLike, *, annotation:
             raise DataNotFoundError(
                 f"no PNG images (NLMCXR_png.tgz or *.png) under {src}; fetch them with "
                 f"`python -m camegrad_mini.rrg.download --out {src}`")
-        selected, first_uid = [], {}
+        selected = []
+        first_uid: dict[str, str] = {}
         for uid in sorted(reports, key=lambda u: int(u[3:]) if u[3:].isdigit() else 0):
             rep = reports[uid]
             if not rep.findings:
@@ -695,7 +704,8 @@ def convert_tabular(src: str | os.PathLike, out: str | os.PathLike, *, annotatio
         except (KeyError, ValueError, TypeError, AttributeError):
             problems.add("bad_row", f"indiana_projections.csv:{row.get('uid')!r}")
     with _staging(out_path) as tmp:
-        selected, first_uid = [], {}
+        selected = []
+        first_uid: dict[str, str] = {}
         for uid in sorted(findings, key=lambda u: int(u[3:])):
             if not findings[uid]:
                 problems.add("no_findings", uid)
@@ -718,7 +728,7 @@ def convert_tabular(src: str | os.PathLike, out: str | os.PathLike, *, annotatio
             if not all(p.is_file() for p in paths):
                 problems.add("no_images", sid)
                 continue
-            bad = [c for c, p in zip(chosen, paths) if not is_readable_png(p.read_bytes())]
+            bad = [c for c, p in zip(chosen, paths, strict=True) if not is_readable_png(p.read_bytes())]
             if bad:
                 for c in bad:
                     problems.add("unreadable_image", c)
@@ -755,11 +765,11 @@ def copy_r2gen(src: str | os.PathLike, out: str | os.PathLike, *, strict: bool =
                 studies.append((e["id"], e["report"], split, [p.read_bytes for p in paths]))
         problems.check(strict, context=f"checking {src}")
         _require_studies(studies, src, problems)
-        info = {"layout": "r2gen", "split_source": {"R2Gen annotation.json": len(studies)},
-                "skipped": problems.to_dict()}
+        split_source = {"R2Gen annotation.json": len(studies)}
+        info = {"layout": "r2gen", "split_source": split_source, "skipped": problems.to_dict()}
         _write_r2gen(tmp, out_path, studies, info, overwrite)
     counts = {s: sum(1 for st in studies if st[2] == s) for s in SPLITS}
-    return PrepareResult(Path(out), counts, problems, info["split_source"])
+    return PrepareResult(Path(out), counts, problems, split_source)
 
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

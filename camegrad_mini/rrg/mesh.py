@@ -58,7 +58,8 @@ def _obs_of(term: str) -> set[str]:
         out.add("Atelectasis")
     if head in ("Pneumothorax", "Hydropneumothorax", "Hemopneumothorax"):
         out.add("Pneumothorax")
-    if head in ("Pleural Effusion", "Hydropneumothorax", "Hemothorax") or (head == "Costophrenic Angle" and "blunted" in mods):
+    if (head in ("Pleural Effusion", "Hydropneumothorax", "Hemothorax")
+            or (head == "Costophrenic Angle" and "blunted" in mods)):
         out.add("Pleural Effusion")
     if (head == "Thickening" and "pleura" in mods) or head == "Pleura":
         out.add("Pleural Other")

@@ -36,13 +36,14 @@ gradient conflict between tasks can only happen there: this is where the book me
 
 Sizes: ``ModelConfig.preset("full", vocab)`` has about 7 M parameters (half-width ResNet-18,
 d=256, one encoder and three decoder layers); ``"tiny"`` has about 0.1 M (most of it the token
-embedding) for CPU tests and the CPU chapter. The notes in ``shared/design/rrg-notes.md`` section 8 motivate these choices.
+embedding) for CPU tests and the CPU chapter. The notes in ``shared/design/rrg-notes.md`` section 8
+motivate these choices.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -192,7 +193,7 @@ class ViewCNN(nn.Module):
         self.stem = nn.Sequential(nn.Conv2d(1, widths[0], 7, 2, 3, bias=False), _norm(widths[0]),
                                   nn.ReLU(), nn.MaxPool2d(3, 2, 1))
         layers, c = [], widths[0]
-        for i, (w, n) in enumerate(zip(widths, blocks)):
+        for i, (w, n) in enumerate(zip(widths, blocks, strict=True)):
             for j in range(n):
                 layers.append(BasicBlock(c, w, stride=2 if (i > 0 and j == 0) else 1))
                 c = w
@@ -337,17 +338,20 @@ class ReportGenerator(nn.Module):
         d = cfg.d_model
         self.cnn: nn.Module = PretrainedResNet18() if cfg.pretrained_encoder else ViewCNN(cfg.widths, cfg.blocks)
         self.patch_proj = nn.Linear(self.cnn.out_channels, d)
-        grid = cfg.image_size // (4 * 2 ** (len(cfg.widths) - 1)) if not cfg.pretrained_encoder else cfg.image_size // 32
+        grid = (cfg.image_size // (4 * 2 ** (len(cfg.widths) - 1)) if not cfg.pretrained_encoder
+                else cfg.image_size // 32)
         self.grid = grid
         self.view_emb = nn.Parameter(torch.zeros(cfg.n_views, 1, d))
         self.pos2d = nn.Parameter(torch.zeros(1, grid * grid, d))
-        self.encoder = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout) for _ in range(cfg.n_enc_layers))
+        self.encoder = nn.ModuleList(EncoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout)
+                                     for _ in range(cfg.n_enc_layers))
         self.enc_ln = nn.LayerNorm(d)
 
         self.tok_emb = nn.Embedding(cfg.vocab_size, d)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.max_len + 1, d))
         self.drop = nn.Dropout(cfg.dropout)
-        self.decoder = nn.ModuleList(DecoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout) for _ in range(cfg.n_dec_layers))
+        self.decoder = nn.ModuleList(DecoderBlock(d, cfg.n_heads, cfg.d_ff, cfg.dropout)
+                                     for _ in range(cfg.n_dec_layers))
         self.dec_ln = nn.LayerNorm(d)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.tok_emb.weight  # weight tying (nanoGPT)
@@ -541,7 +545,11 @@ class ReportGenerator(nn.Module):
 
     def _new_cache(self, memory: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """One key/value cache per decoder block (see :meth:`DecoderBlock.new_cache`)."""
-        return [blk.new_cache(memory) for blk in self.decoder]
+        return [blk.new_cache(memory) for blk in self._decoder_blocks()]
+
+    def _decoder_blocks(self) -> list[DecoderBlock]:
+        """The decoder blocks, typed as such (iterating an ``nn.ModuleList`` gives plain ``nn.Module``)."""
+        return cast("list[DecoderBlock]", list(self.decoder))
 
     def _next_logits(self, seq: torch.Tensor, memory: torch.Tensor,
                      cache: list[dict[str, torch.Tensor]] | None) -> torch.Tensor:
@@ -555,7 +563,7 @@ class ReportGenerator(nn.Module):
             return self.decode(seq, memory)[:, -1]
         t = seq.shape[1] - 1  # position of the newest token
         x = self.drop(self.tok_emb(seq[:, -1:]) + self.pos_emb[:, t:t + 1])
-        for blk, c in zip(self.decoder, cache):
+        for blk, c in zip(self._decoder_blocks(), cache, strict=True):
             x = blk.step(x, c)
         return self.lm_head(self.dec_ln(x))[:, -1]
 
@@ -598,7 +606,8 @@ class ReportGenerator(nn.Module):
         done = torch.zeros(B, dtype=torch.bool, device=memory.device)
         cache = self._new_cache(memory) if use_cache else None
         for _ in range(max_len):
-            logits = self._constrain(self._next_logits(seq, memory, cache), seq[:, 1:], no_repeat_ngram, max_run, min_len)
+            logits = self._constrain(self._next_logits(seq, memory, cache), seq[:, 1:], no_repeat_ngram, max_run,
+                                     min_len)
             nxt = logits.argmax(-1)
             # finished rows keep producing EOS, so that the batch stays rectangular
             nxt = torch.where(done, torch.full_like(nxt, cfg.eos_id), nxt)

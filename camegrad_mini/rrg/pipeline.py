@@ -46,7 +46,7 @@ import platform
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,7 +248,7 @@ def _run_state(run: Path, want: dict[str, Any]) -> str:
     if not (run / "config.json").is_file():
         return "partial" if (run / "last.pt").exists() else "new"
     saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-    free = getattr(T, "_RESUMABLE_CHANGES", set())
+    free: Collection[str] = getattr(T, "_RESUMABLE_CHANGES", set())
     diff = sorted(k for k in want if k not in free and saved.get(k) != want[k])
     if diff:
         raise ValueError(f"{run} holds a run with other settings (fields {diff}); nothing was changed: pass "

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layout", required=True, choices=["r2gen", "openi", "tabular"])
     ap.add_argument("--src", required=True, help="folder with the input layout")
     ap.add_argument("--out", required=True, help="new folder in R2Gen's layout (must not exist unless --overwrite)")
-    ap.add_argument("--annotation", default="auto", help="R2Gen annotation.json for the split: auto (shipped), a path, or none")
+    ap.add_argument("--annotation", default="auto",
+                    help="R2Gen annotation.json for the split: auto (shipped), a path, or none")
     ap.add_argument("--seed", type=int, default=0, help="seed of the 70/10/20 split for studies outside R2Gen's")
     ap.add_argument("--strict", action="store_true", help="stop at the first broken input instead of skipping it")
     ap.add_argument("--overwrite", action="store_true",
@@ -38,9 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     annotation = None if a.annotation == "none" else a.annotation
     try:
         if a.layout == "openi":
-            res = convert_openi(a.src, a.out, annotation=annotation, seed=a.seed, strict=a.strict, overwrite=a.overwrite)
+            res = convert_openi(a.src, a.out, annotation=annotation, seed=a.seed, strict=a.strict,
+                                overwrite=a.overwrite)
         elif a.layout == "tabular":
-            res = convert_tabular(a.src, a.out, annotation=annotation, seed=a.seed, strict=a.strict, overwrite=a.overwrite)
+            res = convert_tabular(a.src, a.out, annotation=annotation, seed=a.seed, strict=a.strict,
+                                  overwrite=a.overwrite)
         else:
             res = copy_r2gen(a.src, a.out, strict=a.strict, overwrite=a.overwrite)
         print(res.summary())

@@ -114,6 +114,6 @@ class RunFolder:
                 raise KeyError(f"study {sid} is not among the test generations of {self.path}")
             pos = labels_to_binary(np.asarray([first[sid]["ref_labels"]]))[0]
             out.append({"id": sid, "reference": first[sid]["reference"],
-                         "findings": [o for o, p in zip(CHEXPERT_OBSERVATIONS, pos) if p],
+                         "findings": [o for o, p in zip(CHEXPERT_OBSERVATIONS, pos, strict=True) if p],
                          "generated": {m: gens[m][sid]["generated"] for m in self.methods}})
         return out

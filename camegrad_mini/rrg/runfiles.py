@@ -4,8 +4,9 @@
 (``steps.csv`` with 420 rows for 240 steps) and rename each other's temporary files. A training
 now holds ``OUT/.lock`` for its whole life; a second one fails at once, naming the holder's pid.
 The lock is ``fcntl.flock``: the kernel drops it when the holder exits, however it exits (a
-kill, ``os._exit``), so there is never a stale lock to clean up. The file itself stays (unlinking it would let a third process
-lock a fresh inode while the second still holds the old one); it only records the pid.
+kill, ``os._exit``), so there is never a stale lock to clean up. The file itself stays (unlinking
+it would let a third process lock a fresh inode while the second still holds the old one); it only
+records the pid.
 
 Where ``fcntl`` is missing (Windows) the lock is a no-op: documented, not emulated.
 

@@ -79,7 +79,8 @@ def _templates(size: int, yy, xx, k: int = 12, seed: int = 0) -> np.ndarray:
         ribs = 0.5 + 0.5 * np.cos((yy[None, :, None] + 0.15 * np.abs(xx[None, None, :])) * 26.0)
         f += 0.035 * lung * ribs
     f += 0.20 * (np.abs(xx) < 0.07)[None, None, :] * (yy < 0.7)[None, :, None]
-    f += 0.25 * np.clip((yy[None, :, None] - (0.55 + 0.04 * j[:, 5, None, None]) + 0.1 * xx[None, None, :] ** 2) / 0.05, 0, 1) * body
+    f += 0.25 * np.clip((yy[None, :, None] - (0.55 + 0.04 * j[:, 5, None, None]) + 0.1 * xx[None, None, :] ** 2)
+                        / 0.05, 0, 1) * body
     out[:, 0] = f
     # lateral
     body = _ellipse(yy, xx, 0.05 * one, 0 * one, 1.0 * one, 0.75 + 0.05 * j[:, 1], 0.15)
@@ -121,7 +122,6 @@ def render_standins(labels: np.ndarray, ids: Sequence[str], *, image_size: int =
 
 
 def _render_chunk(present, p, tmpl, noise, yy, xx) -> np.ndarray:
-    n = len(p)
     img = tmpl[(p[:, 0] * len(tmpl)).astype(int)] + noise[(p[:, 1] * len(noise)).astype(int)]
     fr, la = img[:, 0], img[:, 1]  # views, modified in place
     has = lambda name: np.flatnonzero(present[:, _O[name]])  # noqa: E731
@@ -153,16 +153,17 @@ def _render_chunk(present, p, tmpl, noise, yy, xx) -> np.ndarray:
             fluid = np.clip((yy[None, :, None] - meniscus) / 0.04, 0, 1) * lung
             fr[i] += 0.30 * on * fluid
         lung = _ellipse(yy, xx, -0.1 * k, 0.0 * k, 0.64 * k, 0.57 * k, 0.1)
-        la[i] += 0.25 * np.clip((yy[None, :, None] - level - 0.05 + 0.3 * np.clip(xx, 0, None)[None, None, :]) / 0.04, 0, 1) * lung
+        la[i] += 0.25 * np.clip((yy[None, :, None] - level - 0.05 + 0.3 * np.clip(xx, 0, None)[None, None, :]) / 0.04,
+                                0, 1) * lung
     for name, amp, spread, blobs in (("Consolidation", 0.32, 0.10, 1), ("Pneumonia", 0.24, 0.14, 2),
                                      ("Lung Opacity", 0.16, 0.12, 2)):
         i = has(name)
-        for k in range(blobs):
+        for blob in range(blobs):
             if not len(i):
                 break
-            cx = side[i] * (0.3 + 0.15 * p[i, 10 + k])
-            cy = lvl[i] - 0.25 * k
-            sg = spread + 0.05 * p[i, 12 + k]
+            cx = side[i] * (0.3 + 0.15 * p[i, 10 + blob])
+            cy = lvl[i] - 0.25 * blob
+            sg = spread + 0.05 * p[i, 12 + blob]
             fr[i] += amp * _gauss(yy, xx, cy, cx, sg)
             la[i] += 0.7 * amp * _gauss(yy, xx, cy, 0.1 * side[i], sg)
     i = has("Edema")
@@ -206,9 +207,11 @@ def _render_chunk(present, p, tmpl, noise, yy, xx) -> np.ndarray:
     i = has("Support Devices")
     if len(i):
         x0 = (-0.12 + 0.06 * p[i, 20])[:, None, None]
-        tube = (np.abs(xx[None, None, :] - x0 - 0.05 * yy[None, :, None]) < 0.018) & (yy[None, :, None] < 0.2 + 0.2 * p[i, 21, None, None])
+        tube = ((np.abs(xx[None, None, :] - x0 - 0.05 * yy[None, :, None]) < 0.018)
+                & (yy[None, :, None] < 0.2 + 0.2 * p[i, 21, None, None]))
         fr[i] += 0.55 * tube
         la[i] += 0.45 * (np.abs(xx[None, None, :] + 0.1) < 0.018) * (yy[None, :, None] < 0.2)
-        box = (p[i, 22] < 0.5)[:, None, None] & (np.abs(xx[None, None, :] + 0.55) < 0.09) & (np.abs(yy[None, :, None] + 0.6) < 0.06)
+        box = ((p[i, 22] < 0.5)[:, None, None] & (np.abs(xx[None, None, :] + 0.55) < 0.09)
+               & (np.abs(yy[None, :, None] + 0.6) < 0.06))
         fr[i] += 0.6 * box
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)

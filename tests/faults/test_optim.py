@@ -78,7 +78,7 @@ def test_grad_scaler_whose_scaled_gram_overflows_float32_still_steps_correctly()
     scaler.update()
     assert not info.skipped and scaler.get_scale() == 2.0**66
     np.testing.assert_allclose(info.coefficients, info_ref.coefficients, rtol=1e-5)
-    for p, q in zip(m_amp.parameters(), m_ref.parameters()):
+    for p, q in zip(m_amp.parameters(), m_ref.parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
 
 
@@ -94,7 +94,7 @@ def test_a_step_reported_skipped_is_never_taken_with_a_grad_scaler():
     scaler.update()
     assert info.skipped
     assert scaler.get_scale() == 2.0**11
-    for p, q in zip(model.parameters(), start.parameters()):
+    for p, q in zip(model.parameters(), start.parameters(), strict=True):
         assert torch.equal(p, q)
 
 

@@ -16,8 +16,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).parents[1]))   # tests/: reuse the fixture builders of the layout tests
 from test_rrg_layouts import SAMPLES, _xml, make_raw  # noqa: E402
 

@@ -104,15 +104,18 @@ def test_second_training_into_a_busy_out_fails_at_once(capsys, tmp_path, finishe
     line = _one_error_line(err)
     assert rc in (1, 2)
     assert str(out) in line and "in use by another training" in line and f"pid {pid}" in line and "--out" in line
-    assert {k: v for k, v in _snapshot(out).items() if k != ".lock"} == {k: v for k, v in before.items() if k != ".lock"}
+    assert ({k: v for k, v in _snapshot(out).items() if k != ".lock"}
+            == {k: v for k, v in before.items() if k != ".lock"})
 
 
 def test_atomic_writes_use_private_temp_names(capsys, tmp_path):
-    """Row 1b: every writer used the fixed OUT/<name>.tmp, so two writers renamed each other's half-written files."""
+    """Row 1b: every writer used the fixed OUT/<name>.tmp, so two writers renamed each other's
+    half-written files."""
     out = tmp_path / "run"
     out.mkdir()
     foreign = {n: f"half-written by another process: {n}".encode()
-               for n in ("best.pt.tmp", "last.pt.tmp", "summary.json.tmp", "config.json.tmp", "generations_test.jsonl.tmp")}
+               for n in ("best.pt.tmp", "last.pt.tmp", "summary.json.tmp", "config.json.tmp",
+                         "generations_test.jsonl.tmp")}
     for n, b in foreign.items():
         (out / n).write_bytes(b)
     rc, err = _train(capsys, out, "--epochs", "1")
@@ -150,7 +153,8 @@ def test_experiment_run_refuses_a_run_folder_in_use(capsys, tmp_path):
 # -- row 2: resume after --max-train-seconds -------------------------------------------------------
 
 def test_time_limited_run_resumes_to_the_uninterrupted_result(capsys, tmp_path, finished):
-    """Row 2: a run cut by --max-train-seconds stored its cut epoch as complete; the rerun skipped the rest (4 of 6 steps, stopped_early False)."""
+    """Row 2: a run cut by --max-train-seconds stored its cut epoch as complete; the rerun skipped
+    the rest (4 of 6 steps, stopped_early False)."""
     out = tmp_path / "cut"
     # a limit this small stops every invocation after exactly one step: cuts inside epoch 0, at its
     # end (step 3 of 3) and inside epoch 1
@@ -247,7 +251,8 @@ def _fake_run(root: Path, lines: list[str], n_test: int = 3) -> Path:
 
 @pytest.mark.parametrize("cut", ["last line cut", "last line missing"])
 def test_posthoc_refuses_truncated_generations(capsys, tmp_path, cut):
-    """Row 5a: `experiment posthoc` on a truncated generations file said only 'Unterminated string', or scored the partial file."""
+    """Row 5a: `experiment posthoc` on a truncated generations file said only 'Unterminated string',
+    or scored the partial file."""
     lines = [_gen(0), _gen(1), _gen(2)]
     lines = lines[:2] + [lines[2][:40]] if cut == "last line cut" else lines[:2]
     run = _fake_run(tmp_path / "grid", lines)
@@ -260,7 +265,8 @@ def test_posthoc_refuses_truncated_generations(capsys, tmp_path, cut):
 
 @pytest.mark.parametrize("where", ["same", "inside a run", "inside the source"])
 def test_export_refuses_a_destination_in_its_source(capsys, tmp_path, where):
-    """Row 5b: `experiment export H H` crashed with SameFileError; a destination inside the source was written into it."""
+    """Row 5b: `experiment export H H` crashed with SameFileError; a destination inside the source
+    was written into it."""
     root = tmp_path / "grid"
     run = _fake_run(root, [_gen(0), _gen(1), _gen(2)])
     dest = {"same": root, "inside a run": run, "inside the source": root / "export"}[where]
