@@ -37,7 +37,10 @@ pdf: assets
 	$(BIN)/python tools/vendor_assets.py finalize _build/pdf/_build/singlehtml
 	$(BIN)/python tools/build_pdf.py
 
+# Lint (ruff, settings in pyproject.toml) and type-check the package (mypy) before the tests.
 test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 	$(BIN)/pytest
 
 # The minimum versions pyproject.toml declares, pinned in requirements-min.txt, in a second venv

@@ -40,7 +40,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 def test_lr_schedule_warms_up_then_decays_to_the_floor():
     f = [T.lr_factor(s, 10, 100, 0.1) for s in range(100)]
     assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
-    assert all(a >= b for a, b in zip(f[9:], f[10:]))  # monotone decay after warm-up
+    assert all(a >= b for a, b in zip(f[9:], f[10:], strict=False))  # neighbours: monotone decay after warm-up
     assert T.lr_factor(100, 10, 100, 0.1) == pytest.approx(0.1)
     assert T.lr_factor(55, 10, 100, 0.0) == pytest.approx(0.5)  # cosine midpoint
 
@@ -165,7 +165,7 @@ def test_killed_run_resumes_exactly(tmp_path):
     sa, sb = a["optimizer"], b["optimizer"]
     flat_a = [v for v in _tensors(sa)]
     flat_b = [v for v in _tensors(sb)]
-    assert len(flat_a) == len(flat_b) > 0 and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b))
+    assert len(flat_a) == len(flat_b) > 0 and all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True))
     drop = lambda rows: [{k: v for k, v in r.items() if k != "step_time_s"} for r in rows]  # noqa: E731
     assert drop(_rows(full / "steps.csv")) == drop(_rows(killed / "steps.csv"))
     ga = [json.loads(x)["generated"] for x in open(full / "generations_test.jsonl")]
@@ -191,7 +191,8 @@ def test_cli_reports_bad_arguments_and_missing_data(tmp_path, capsys):
     assert "invalid choice" in capsys.readouterr().err
     assert T.main(["--method", "ls", "--config", "tiny", "--out", str(tmp_path), "--batch-size", "1"]) == 2
     assert "batch_size" in capsys.readouterr().err
-    rc = T.main(["--method", "ls", "--config", "tiny", "--out", str(tmp_path / "o"), "--data-root", str(tmp_path / "nowhere")])
+    rc = T.main(["--method", "ls", "--config", "tiny", "--out", str(tmp_path / "o"),
+                 "--data-root", str(tmp_path / "nowhere")])
     assert rc == 2
     assert "error:" in capsys.readouterr().err
     assert T.main(["--method", "ls", "--config", "tiny", "--out", str(tmp_path), "--overrides", "{oops"]) == 2
