@@ -121,6 +121,8 @@ def render_standins(labels: np.ndarray, ids: Sequence[str], *, image_size: int =
     return out
 
 
+# long function: one pass that draws every sign of every study of a chunk in order; the phantom
+# drawing is being rewritten on a side branch (issue 9), which will split it, so it is not split here.
 def _render_chunk(present, p, tmpl, noise, yy, xx) -> np.ndarray:
     img = tmpl[(p[:, 0] * len(tmpl)).astype(int)] + noise[(p[:, 1] * len(noise)).astype(int)]
     fr, la = img[:, 0], img[:, 1]  # views, modified in place
