@@ -16,7 +16,7 @@ This module holds everything chapter 3 computes, so that it can be unit tested:
 * closed forms in the two-task "polar" parametrization ``g_0 = n_0 e``, ``g_1 = n_1 (cos phi, sin phi)``
   (conflict angle ``phi``, magnitude ratio ``gamma = n_1 / n_0``, weighted magnitude ratio
   ``gamma_w = w_1 n_1 / (w_0 n_0)``, weight ``w`` with ``w_0 = 1 - w``, ``w_1 = w``): the energy
-  ratio and the deviation region (derived symbolically in :mod:`camegrad_mini.dilemma_symbolic`);
+  ratio and the deviation region (derived symbolically in :mod:`camegrad_mini.dilemma_derivations`);
 * the diffusion as a function of the conflict angle (:func:`angle_diffusion`): the weighted noise
   covariance ``Sigma_w`` of each noise kind next to the drift's energy, with its closed-form trace
   (:func:`weighted_noise_trace`) and the axes of its ellipse (:func:`ellipse_axes`);
@@ -197,7 +197,7 @@ def gradient_cosine(grads: Array) -> Array:
 
 
 # ----------------------------------------------------------------------------------------------
-# closed forms (derived in dilemma_symbolic; the tests check both against each other)
+# closed forms (derived in dilemma_derivations; the tests check both against each other)
 # ----------------------------------------------------------------------------------------------
 def energy_ratio_closed_form(phi, gamma_w) -> Array:
     """Energy ratio ``1 + 2 gamma_w cos(phi) / (1 + gamma_w^2)`` with ``gamma_w = w_1 |g_1| / (w_0 |g_0|)``.

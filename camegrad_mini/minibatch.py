@@ -7,7 +7,7 @@ covariance from per-example gradients instead of assuming it:
   ``Sigma = (1/N) sum_n (v_n - g)(v_n - g)^T`` and the identity ``tr Sigma = E_n |v_n|^2 - |g|^2``;
 * :func:`minibatch_covariance`: ``Cov`` of a batch mean of ``B`` examples, ``Sigma / B`` with
   replacement and ``(N - B)/(N - 1) * Sigma / B`` without (derived in
-  :func:`camegrad_mini.symbolic.minibatch_covariance`);
+  :func:`camegrad_mini.sde_derivations.minibatch_covariance`);
 * :func:`sample_batch_means`: Monte Carlo batch means, both sampling schemes;
 * :class:`LinearRegressionTasks` and :func:`simulate_minibatch_sgd`: a multi-task least-squares
   problem on ``N`` examples (every example carries every task's target) and vectorized mini-batch

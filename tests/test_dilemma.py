@@ -1,4 +1,4 @@
-"""Tests for camegrad_mini.dilemma, camegrad_mini.dilemma_symbolic and SharpFlatWells.
+"""Tests for camegrad_mini.dilemma, camegrad_mini.dilemma_derivations and SharpFlatWells.
 
 The symbolic derivations and the numeric closed forms are checked against each other and
 against direct computation on vectors; the noise model against empirical covariances; the
@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from camegrad_mini import dilemma
-from camegrad_mini import dilemma_symbolic
+from camegrad_mini import dilemma_derivations
 from camegrad_mini.problems import FonsecaFleming, QuadraticPair, SharpFlatWells
 
 RNG_SEED = 1234
@@ -390,15 +390,15 @@ def test_escaped_uses_nearest_minimum():
 
 # ------------------------------------------------------------------ symbolic derivations
 def _rand_subs(rng):
-    Y = dilemma_symbolic.SYMBOLS
+    Y = dilemma_derivations.SYMBOLS
     return {Y["w0"]: rng.uniform(0.1, 1), Y["w1"]: rng.uniform(0.1, 1), Y["n0"]: rng.uniform(0.1, 3),
             Y["n1"]: rng.uniform(0.1, 3), Y["phi"]: rng.uniform(0, np.pi), Y["c"]: rng.uniform(-1, 1),
             Y["sigma0"]: rng.uniform(0.1, 2), Y["sigma1"]: rng.uniform(0.1, 2), Y["sigma"]: rng.uniform(0.1, 2)}
 
 
 def test_symbolic_joint_energy_and_cross_term():
-    Y = dilemma_symbolic.SYMBOLS
-    E = dilemma_symbolic.joint_energy()
+    Y = dilemma_derivations.SYMBOLS
+    E = dilemma_derivations.joint_energy()
     expected = ((Y["w0"] * Y["n0"]) ** 2 + (Y["w1"] * Y["n1"]) ** 2
                 + 2 * Y["w0"] * Y["w1"] * Y["n0"] * Y["n1"] * sp.cos(Y["phi"]))
     assert sp.simplify(E - expected) == 0
@@ -410,34 +410,34 @@ def test_symbolic_joint_energy_and_cross_term():
 
 
 def test_symbolic_energy_ratio_and_its_minimum():
-    Y = dilemma_symbolic.SYMBOLS
-    f = sp.lambdify((Y["phi"], Y["gamma_w"]), dilemma_symbolic.energy_ratio(), "numpy")
+    Y = dilemma_derivations.SYMBOLS
+    f = sp.lambdify((Y["phi"], Y["gamma_w"]), dilemma_derivations.energy_ratio(), "numpy")
     t, gamma_w = np.linspace(0, np.pi, 7), np.array([0.1, 0.5, 1.0, 2.0, 7.0])
     T, R = np.meshgrid(t, gamma_w)
     np.testing.assert_allclose(f(T, R), dilemma.energy_ratio_closed_form(T, R))
-    rho_star, value = dilemma_symbolic.energy_ratio_minimum()
+    rho_star, value = dilemma_derivations.energy_ratio_minimum()
     assert rho_star == 1
     assert sp.simplify(value - (1 + sp.cos(Y["phi"]))) == 0
 
 
 def test_symbolic_noise_variances():
-    Y = dilemma_symbolic.SYMBOLS
+    Y = dilemma_derivations.SYMBOLS
     rng = np.random.default_rng(RNG_SEED)
-    var = dilemma_symbolic.weighted_noise_variance()
+    var = dilemma_derivations.weighted_noise_variance()
     for _ in range(5):
         v = _rand_subs(rng)
         num = dilemma.weighted_noise_variance([v[Y["w0"]], v[Y["w1"]]], [v[Y["sigma0"]], v[Y["sigma1"]]], v[Y["c"]])
         assert float(var.subs(v)) == pytest.approx(float(num))
-    assert sp.simplify(dilemma_symbolic.observed_energy() - dilemma_symbolic.joint_energy() - Y["p"] * var) == 0
+    assert sp.simplify(dilemma_derivations.observed_energy() - dilemma_derivations.joint_energy() - Y["p"] * var) == 0
     assert Y["p"].name == "p"  # the number of parameters, theta in R^p (notation page)
-    tr = dilemma_symbolic.gradient_noise_diffusion_trace()
-    assert sp.simplify(tr.subs(Y["c"], 1) - Y["sigma"] ** 2 * dilemma_symbolic.joint_energy()) == 0
+    tr = dilemma_derivations.gradient_noise_diffusion_trace()
+    assert sp.simplify(tr.subs(Y["c"], 1) - Y["sigma"] ** 2 * dilemma_derivations.joint_energy()) == 0
     assert sp.simplify(tr.subs(Y["c"], 0).diff(Y["phi"])) == 0  # independent noise: no angle
 
 
 def test_symbolic_deviation_thresholds_match_numeric():
-    Y = dilemma_symbolic.SYMBOLS
-    w_lo, w_hi = dilemma_symbolic.deviation_weight_thresholds()
+    Y = dilemma_derivations.SYMBOLS
+    w_lo, w_hi = dilemma_derivations.deviation_weight_thresholds()
     f_lo = sp.lambdify((Y["phi"], Y["gamma"]), w_lo, "numpy")
     f_hi = sp.lambdify((Y["phi"], Y["gamma"]), w_hi, "numpy")
     phi = np.linspace(np.pi / 2 + 0.05, np.pi, 9)
@@ -445,9 +445,9 @@ def test_symbolic_deviation_thresholds_match_numeric():
         lo, hi = dilemma.deviation_weight_thresholds(phi, gamma)
         np.testing.assert_allclose(f_lo(phi, gamma), lo)
         np.testing.assert_allclose(f_hi(phi, gamma), hi)
-    c0, c1 = dilemma_symbolic.deviation_cosine_thresholds()
+    c0, c1 = dilemma_derivations.deviation_cosine_thresholds()
     assert sp.simplify(c0 + 1 / Y["gamma_w"]) == 0 and sp.simplify(c1 + Y["gamma_w"]) == 0
-    a0, a1 = dilemma_symbolic.drift_alignments()
+    a0, a1 = dilemma_derivations.drift_alignments()
     assert sp.simplify(a0 - ((1 - Y["w"]) + Y["w"] * Y["gamma"] * sp.cos(Y["phi"]))) == 0
 
 

@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from camegrad_mini import came_demo as C
+from camegrad_mini import came_probes
 from camegrad_mini.viz import came as V
 
 
@@ -24,7 +24,7 @@ def test_vector_figure_reports_conflicting_methods():
     fig = V.vector_figure(60.0, 1.0, 0.5, 0.5, 1.5, 0.2)
     assert fig.axes[1].get_title() == "conflicting: none"
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
-    for name in C.METHOD_NAMES:
+    for name in came_probes.METHOD_NAMES:
         assert name in labels
 
 
@@ -61,7 +61,7 @@ def test_widget_uses_core_controls_with_initial_values():
 
 
 def test_other_figures():
-    fig = V.plot_dual_objective({"a": C.polar_pair(2.0, 1.0), "b": C.polar_pair(3.0, 5.0)})
+    fig = V.plot_dual_objective({"a": came_probes.polar_pair(2.0, 1.0), "b": came_probes.polar_pair(3.0, 5.0)})
     assert _labelled(fig.axes[0]) and len(fig.axes[0].lines) == 4
     with pytest.raises(ValueError, match="two gradients"):
         V.plot_dual_objective({"bad": np.ones((3, 2))})

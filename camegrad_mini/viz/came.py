@@ -21,7 +21,7 @@ import numpy as np
 from matplotlib.animation import FuncAnimation
 from matplotlib.patches import Circle
 
-from ..came_demo import METHOD_NAMES, method_directions, polar_pair
+from ..came_probes import METHOD_NAMES, method_directions, polar_pair
 from ..geometry import common_descent_arc
 from ..optim import rectify
 from .pareto import TASK_COLORS, draw_cone
@@ -36,7 +36,7 @@ __all__ = [
     "plot_kappa_gaps",
 ]
 
-#: One colour per direction in :data:`camegrad_mini.came_demo.METHOD_NAMES`.
+#: One colour per direction in :data:`camegrad_mini.came_probes.METHOD_NAMES`.
 METHOD_COLORS = {
     "LS": "black",
     "PCGrad": "tab:purple",
@@ -247,7 +247,7 @@ def plot_fusion_conflict(nus: Sequence[float], rhos: Sequence[float], fractions:
         nus: The nu grid.
         rhos: The rho values (rows of each array).
         fractions: Panel title -> (len(rhos), len(nus)) array (e.g. from
-            :func:`camegrad_mini.came_demo.fusion_conflict_fraction`).
+            :func:`camegrad_mini.came_probes.fusion_conflict_fraction`).
         mark_nu: Draw a vertical line here (the paper's nu = 0.3), or None.
 
     Returns:

@@ -1,4 +1,4 @@
-"""Tests for camegrad_mini.symbolic: each derivation is checked against an independent route."""
+"""Tests for camegrad_mini.sde_derivations: each derivation is checked against an independent route."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,8 +6,8 @@ import pytest
 import sympy as sp
 
 from camegrad_mini import sde
-from camegrad_mini import symbolic as S
-from camegrad_mini.symbolic import B, eta
+from camegrad_mini import sde_derivations
+from camegrad_mini.sde_derivations import B, eta
 
 
 def _zero(expr) -> bool:
@@ -18,17 +18,17 @@ def test_expectation_rules():
     x1, x2 = sp.symbols("x1 x2")
     cov = sp.Matrix([[2, 3], [3, 5]])
     a = sp.Symbol("a")
-    assert S.expectation(a + x1, [x1, x2], cov) == a
-    assert S.expectation((a + x1) * (1 + x2), [x1, x2], cov) == a + 3
-    assert S.expectation(x2**2 - x1 * x1, [x1, x2], cov) == 3
+    assert sde_derivations.expectation(a + x1, [x1, x2], cov) == a
+    assert sde_derivations.expectation((a + x1) * (1 + x2), [x1, x2], cov) == a + 3
+    assert sde_derivations.expectation(x2**2 - x1 * x1, [x1, x2], cov) == 3
     with pytest.raises(ValueError, match="order 3"):
-        S.expectation(x1**3, [x1, x2], cov)
+        sde_derivations.expectation(x1**3, [x1, x2], cov)
     with pytest.raises(ValueError, match="cov"):
-        S.expectation(x1, [x1, x2], sp.eye(3))
+        sde_derivations.expectation(x1, [x1, x2], sp.eye(3))
 
 
 def test_sgd_step_moments():
-    m = S.sgd_step_moments(2)
+    m = sde_derivations.sgd_step_moments(2)
     assert m["mean"] == -eta * m["g"]
     assert (m["cov"] - eta**2 * m["Sigma"] / B).applyfunc(sp.expand) == sp.zeros(2, 2)
     # E[Delta Delta^T] contains the drift's outer product, the covariance does not
@@ -36,8 +36,8 @@ def test_sgd_step_moments():
 
 
 def test_euler_maruyama_step_with_dt_eta_has_sgd_moments():
-    e = S.euler_maruyama_step_moments(2)
-    m = S.sgd_step_moments(2)
+    e = sde_derivations.euler_maruyama_step_moments(2)
+    m = sde_derivations.sgd_step_moments(2)
     assert e["mean_at_eta"] == m["mean"]
     sgd_cov_through_F = m["cov"].subs({m["Sigma"][i, j]: e["Sigma_from_F"][i, j] for i in range(2) for j in range(2)})
     assert (e["cov_at_eta"] - sgd_cov_through_F).applyfunc(sp.expand) == sp.zeros(2, 2)
@@ -48,9 +48,9 @@ def test_euler_maruyama_step_with_dt_eta_has_sgd_moments():
 
 
 def test_dynkin_expansion_reproduces_the_exact_ou_moments():
-    k, s2, hh = sp.Symbol("k", positive=True), sp.Symbol("sigma2", positive=True), S.Dt
-    m1, m2 = S.dynkin_moments_1d(-k * S.y, s2 + 0 * S.y, order=3)
-    x = S.x
+    k, s2, hh = sp.Symbol("k", positive=True), sp.Symbol("sigma2", positive=True), sde_derivations.Dt
+    m1, m2 = sde_derivations.dynkin_moments_1d(-k * sde_derivations.y, s2 + 0 * sde_derivations.y, order=3)
+    x = sde_derivations.x
     exact_m1 = x * (sp.exp(-k * hh) - 1)
     # E[(X_h - x)^2] = Var + mean^2, Var = s2 (1 - exp(-2kh)) / (2k)
     exact_m2 = s2 * (1 - sp.exp(-2 * k * hh)) / (2 * k) + exact_m1**2
@@ -58,29 +58,29 @@ def test_dynkin_expansion_reproduces_the_exact_ou_moments():
         ser = sp.series(ref, hh, 0, 4).removeO()
         assert _zero(got - ser)
     with pytest.raises(ValueError, match="order"):
-        S.dynkin_moments_1d(-k * S.y, s2, order=0)
+        sde_derivations.dynkin_moments_1d(-k * sde_derivations.y, s2, order=0)
 
 
 def test_plain_sde_is_weak_order_one_and_sme_weak_order_two():
-    Lp = sp.diff(S.Lf(S.x), S.x)
-    Lpp = sp.diff(S.Lf(S.x), S.x, 2)
-    plain = S.one_step_moment_gap_1d(corrected=False)
+    Lp = sp.diff(sde_derivations.Lf(sde_derivations.x), sde_derivations.x)
+    Lpp = sp.diff(sde_derivations.Lf(sde_derivations.x), sde_derivations.x, 2)
+    plain = sde_derivations.one_step_moment_gap_1d(corrected=False)
     assert _zero(plain["mean_gap"] - eta**2 / 2 * Lp * Lpp)
     assert _zero(plain["second_gap"])
-    sme = S.one_step_moment_gap_1d(corrected=True)
+    sme = sde_derivations.one_step_moment_gap_1d(corrected=True)
     assert _zero(sme["mean_gap"])
     assert _zero(sme["second_gap"])
-    assert _zero(sme["sgd_second"] - eta**2 * (Lp**2 + S.sf(S.x) / B))
+    assert _zero(sme["sgd_second"] - eta**2 * (Lp**2 + sde_derivations.sf(sde_derivations.x) / B))
 
 
 def test_sme_correction_identity():
-    out = S.sme_correction_identity()
+    out = sde_derivations.sme_correction_identity()
     assert out["difference"] == sp.zeros(2, 1)
     assert out["lhs"] != out["rhs"]  # different expressions, equal after expansion
 
 
 def test_quadratic_mean_rates():
-    r = S.quadratic_mean_rates(order=3)
+    r = sde_derivations.quadratic_mean_rates(order=3)
     hc = r["curvature"]
     assert _zero(r["sgd_series"] - r["sme"] + eta**2 * hc**3 / 3)
     assert _zero(r["sgd_series"].coeff(eta, 0) - r["sde"])
@@ -93,7 +93,7 @@ def _num_subs(H, Sigma, vals):
 
 @pytest.mark.parametrize("kind", ["continuous", "discrete"])
 def test_symbolic_lyapunov_matches_scipy(kind):
-    out = S.lyapunov_2x2(kind)
+    out = sde_derivations.lyapunov_2x2(kind)
     vals = dict(a=3.0, b=-0.7, c=1.2, s11=1.0, s12=0.3, s22=2.0)
     sub = _num_subs(out["H"], out["Sigma"], vals) | {eta: 0.4, B: 8}
     got = np.array(out["solution"].subs(sub).evalf(), dtype=float)
@@ -102,12 +102,12 @@ def test_symbolic_lyapunov_matches_scipy(kind):
     ref = sde.stationary_cov_ou(Hn, 0.4, Sn, 8) if kind == "continuous" else sde.stationary_cov_sgd(Hn, 0.4, Sn, 8)
     np.testing.assert_allclose(got, ref, rtol=1e-10)
     with pytest.raises(ValueError, match="kind"):
-        S.lyapunov_2x2("implicit")
+        sde_derivations.lyapunov_2x2("implicit")
 
 
 def test_diagonal_lyapunov_closed_forms():
-    c = S.lyapunov_2x2("continuous", diagonal=True)
-    d = S.lyapunov_2x2("discrete", diagonal=True)
+    c = sde_derivations.lyapunov_2x2("continuous", diagonal=True)
+    d = sde_derivations.lyapunov_2x2("discrete", diagonal=True)
     l1, l2 = c["H"][0, 0], c["H"][1, 1]
     Sg = c["Sigma"]
     assert _zero(sp.cancel(c["solution"][0, 1] - eta * Sg[0, 1] / (B * (l1 + l2))))
@@ -115,24 +115,24 @@ def test_diagonal_lyapunov_closed_forms():
 
 
 def test_gap_series_starts_at_eta_squared_and_matches_direct_series():
-    g = S.lyapunov_gap_series(order=3)
+    g = sde_derivations.lyapunov_gap_series(order=3)
     gap = g["gap"]
     for e in gap:
         assert sp.expand(e).coeff(eta, 0) == 0 and sp.expand(e).coeff(eta, 1) == 0
         assert sp.expand(e).coeff(eta, 2) != 0
     # the eta^1 term is the OU covariance itself
-    cont = S.lyapunov_2x2("continuous")["solution"]
+    cont = sde_derivations.lyapunov_2x2("continuous")["solution"]
     assert (eta * g["terms"][0] - cont).applyfunc(sp.cancel) == sp.zeros(2, 2)
     # independent route: series of the exact discrete solution, one entry
-    disc = S.lyapunov_2x2("discrete")["solution"]
+    disc = sde_derivations.lyapunov_2x2("discrete")["solution"]
     direct = sp.series(disc[0, 0] - cont[0, 0], eta, 0, 4).removeO()
     assert sp.cancel(direct - gap[0, 0]) == 0
     with pytest.raises(ValueError, match="order"):
-        S.lyapunov_gap_series(order=1)
+        sde_derivations.lyapunov_gap_series(order=1)
 
 
 def test_gap_series_numerically():
-    g = S.lyapunov_gap_series(order=3)
+    g = sde_derivations.lyapunov_gap_series(order=3)
     vals = dict(a=2.0, b=0.5, c=1.0, s11=1.0, s12=-0.2, s22=0.5)
     Hn = np.array([[2.0, 0.5], [0.5, 1.0]])
     Sn = np.array([[1.0, -0.2], [-0.2, 0.5]])
@@ -149,21 +149,21 @@ def test_ito_lemma_matches_the_generator_and_a_known_case():
     f = sp.Function("f")(x1, x2)
     b = sp.Matrix(sp.symbols("b1 b2", real=True))
     F = sp.Matrix(2, 3, sp.symbols("F1:7", real=True))      # more noise sources than dimensions
-    out = S.ito_lemma(f, [x1, x2], b, F)
+    out = sde_derivations.ito_lemma(f, [x1, x2], b, F)
     assert out["check"] == 0
     grad = sp.Matrix([sp.diff(f, x1), sp.diff(f, x2)])
     assert (out["noise_terms"] - (F.T * grad)).applyfunc(sp.expand) == sp.zeros(3, 1)
     # geometric Brownian motion: d log X = (mu - s^2/2) dt + s dW
     X, mu, s = sp.symbols("X mu s", positive=True)
-    gbm = S.ito_lemma(sp.log(X), [X], sp.Matrix([mu * X]), sp.Matrix([[s * X]]))
+    gbm = sde_derivations.ito_lemma(sp.log(X), [X], sp.Matrix([mu * X]), sp.Matrix([[s * X]]))
     assert _zero(gbm["drift_term"] - (mu - s**2 / 2))
     assert _zero(gbm["noise_terms"][0] - s)
     with pytest.raises(ValueError, match="drift"):
-        S.ito_lemma(f, [x1, x2], sp.Matrix([1]), F)
+        sde_derivations.ito_lemma(f, [x1, x2], sp.Matrix([1]), F)
 
 
 def test_task_loss_ito_and_a_quadratic_instance():
-    out = S.task_loss_ito(2)
+    out = sde_derivations.task_loss_ito(2)
     assert all(d == 0 for d in out["differences"])
     # quadratic tasks: the noise term is (eta/2) tr(H_i Sigma) with H_i the constant Hessian
     th = out["theta"]
@@ -174,11 +174,11 @@ def test_task_loss_ito_and_a_quadratic_instance():
     Hq = sp.hessian(L0, th)
     assert _zero(noise - (Hq * out["Sigma_omega"]).trace() / 2)
     with pytest.raises(ValueError, match="n_tasks"):
-        S.task_loss_ito(0)
+        sde_derivations.task_loss_ito(0)
 
 
 def test_minibatch_covariance_symbolic_and_numeric():
-    out = S.minibatch_covariance()
+    out = sde_derivations.minibatch_covariance()
     N, M2, ggT = out["N"], out["M2"], out["ggT"]
     assert ggT.name == r"g g^{\top}"  # written out, as in the book (G is the Gram matrix there)
     assert _zero(out["cov_with"] - (M2 - ggT) / B)
