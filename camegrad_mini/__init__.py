@@ -5,6 +5,6 @@ The book and the package share one version number: a chapter installs exactly th
 version it was written against (see the first cell of every chapter).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = ["__version__"]

@@ -59,3 +59,27 @@ def colab_cell_source() -> str:
         '            "    jupyter lab chapters/\\n"\n'
         '            "and open this chapter there (`make lab` does the same with the book\'s exact versions).")'
     )
+
+
+def write_first_cells() -> list[Path]:
+    """Rewrite the first cell of every chapter from :func:`colab_cell_source` (after a version bump
+    or a change of repository); returns the chapters that changed. Outputs stay as they are: the
+    cell prints nothing outside Colab."""
+    import nbformat
+
+    changed = []
+    for path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        first = nb.cells[0]
+        if first.cell_type != "code" or "google.colab" not in first.source:
+            raise SystemExit(f"{path.name}: the first cell is not the Colab install cell; fix it by hand")
+        if first.source != colab_cell_source():
+            first.source = colab_cell_source()
+            nbformat.write(nb, path)
+            changed.append(path)
+    return changed
+
+
+if __name__ == "__main__":  # python tools/chapter_cells.py: after bumping camegrad_mini.__version__
+    for p in write_first_cells():
+        print("updated", p.relative_to(ROOT))
