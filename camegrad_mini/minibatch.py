@@ -27,6 +27,7 @@ import numpy as np
 from .sde import ChainStatistics
 
 __all__ = [
+    "PerExampleStatistics",
     "per_example_statistics",
     "minibatch_covariance",
     "sample_batch_means",

@@ -1,7 +1,6 @@
 """Methods x seeds experiments: run them, score them post hoc on a CPU, export small result files.
 
-``python -m camegrad_mini.rrg.experiment run --config gpu_full --methods ls came pcgrad cagrad --seeds 0 1 2
---out runs/grid --jobs 12``
+``python -m camegrad_mini.rrg.experiment run --config gpu_full --methods ls came --seeds 0 1 2 --out runs/grid``
     trains every (method, seed) into ``runs/grid/<method>_s<seed>/`` (see :mod:`camegrad_mini.rrg.train`),
     in this process (``--jobs 1``) or as concurrent subprocesses on one device (``--jobs N``).
     A (method, seed) listed twice, or a run folder another training is using, is refused up front.
