@@ -57,6 +57,9 @@ def polar_pair(theta: float, r: float) -> np.ndarray:
 
     Returns:
         A (2, 2) array with one gradient per row.
+
+    Explained in: Chapter 4, §4.3 (two tasks), §4.4 (S1 is CAGrad's direction) and §4.8 (the methods
+    side by side).
     """
     if not np.isfinite(theta):
         raise ValueError(f"theta must be finite, got {theta}")
@@ -124,6 +127,8 @@ def direction_table(
 
     Returns:
         One row per method, in :data:`METHOD_NAMES` order.
+
+    Explained in: Chapter 4, §4.8 (the methods side by side).
     """
     G = _check_grads(grads)
     dirs = method_directions(G, task_weights, **hyper)
@@ -147,6 +152,8 @@ def sample_conflicting_pairs(
 
     Returns:
         Array of shape (n, 2, 2).
+
+    Explained in: Chapter 4, §4.6 (S3 brings conflict back).
     """
     if not isinstance(n, (int, np.integer)) or n < 1:
         raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -190,6 +197,8 @@ def fusion_conflict_fraction(
 
     Returns:
         Array of shape (len(rhos), len(nus)).
+
+    Explained in: Chapter 4, §4.6 (S3 brings conflict back).
     """
     P = np.asarray(pairs, dtype=np.float64)
     if P.ndim != 3:
@@ -274,6 +283,8 @@ def kappa_runs(
 
     Returns:
         Array of shape (len(kappas), steps + 1, n_params): the flattened parameters after each step.
+
+    Explained in: Chapter 4, §4.5 (S2 and S3: kappa is a global scale).
     """
     if optimizer not in ("sgd", "adamw"):
         raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {optimizer!r}")

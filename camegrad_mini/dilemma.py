@@ -80,7 +80,10 @@ NOISE_KINDS = ("isotropic", "hessian", "gradient")
 # weights and the two-task polar parametrization
 # ----------------------------------------------------------------------------------------------
 def two_task_weights(w: float) -> Array:
-    """The LS weights ``(w_0, w_1) = (1 - w, w)`` used throughout the chapter; ``w`` in [0, 1]."""
+    """The LS weights ``(w_0, w_1) = (1 - w, w)`` used throughout the chapter; ``w`` in [0, 1].
+
+    Explained in: Chapter 3, §3.4 (the conflict angle on a slider), §3.5 and §3.6.
+    """
     w = float(w)
     if not 0.0 <= w <= 1.0:
         raise ValueError(f"w must lie in [0, 1] (it is the weight of task 1), got {w}")
@@ -118,6 +121,8 @@ def conflict_pair(phi0: float, distance: float = 1.0, condition: float = 1.0) ->
     +30 degrees (task 1): the Pareto set bends and the angle at the start differs from ``phi0``.
     Along any run the angle changes: at every point of the Pareto set the two gradients are
     exactly opposite (angle ``pi``), whatever ``phi0`` is.
+
+    Explained in: Chapter 3, §3.5 (noisy LS on a two-task landscape).
     """
     if not 0.0 <= phi0 <= np.pi:
         raise ValueError(f"phi0 must lie in [0, pi], got {phi0}")
@@ -146,7 +151,10 @@ def joint_gradient(grads: Array, weights) -> Array:
 
 
 def joint_energy(grads: Array, weights) -> Array:
-    """The gradient "energy" ``|g_joint|^2`` (the paper's quantity for diffusion decay)."""
+    """The gradient "energy" ``|g_joint|^2`` (the paper's quantity for diffusion decay).
+
+    Explained in: Chapter 3, §3.6 (a sharp minimum that more noise would escape).
+    """
     g = joint_gradient(grads, weights)
     return (g**2).sum(-1)
 
@@ -178,7 +186,10 @@ def task_alignment(grads: Array, weights) -> Array:
 
 
 def drift_deviation(grads: Array, weights) -> Array | np.bool_:
-    """Boolean ``(...)``: does some task have ``<g_joint, g_i> < 0``?"""
+    """Boolean ``(...)``: does some task have ``<g_joint, g_i> < 0``?
+
+    Explained in: Chapter 3, §3.5 (noisy LS on a two-task landscape).
+    """
     return (task_alignment(grads, weights) < 0).any(-1)
 
 
@@ -188,7 +199,10 @@ def deviation_fraction(grads: Array, weights) -> float:
 
 
 def gradient_cosine(grads: Array) -> Array:
-    """Cosine of the conflict angle between the first two task gradients; ``nan`` if one is 0."""
+    """Cosine of the conflict angle between the first two task gradients; ``nan`` if one is 0.
+
+    Explained in: Chapter 3, §3.6 (a sharp minimum that more noise would escape).
+    """
     grads = np.asarray(grads, dtype=float)
     g0, g1 = grads[..., 0, :], grads[..., 1, :]
     n = np.linalg.norm(g0, axis=-1) * np.linalg.norm(g1, axis=-1)
@@ -204,6 +218,8 @@ def energy_ratio_closed_form(phi, gamma_w) -> Array:
 
     It depends on the weights and magnitudes only through the *weighted* magnitude ratio ``gamma_w``
     and is smallest, ``1 + cos(phi)``, for balanced weighted gradients (``gamma_w = 1``).
+
+    Explained in: Chapter 3, §3.2 (the energy of the joint gradient).
     """
     phi, gamma_w = np.asarray(phi, float), np.asarray(gamma_w, float)
     if (gamma_w < 0).any():
@@ -238,6 +254,8 @@ def deviation_angle_threshold(w, gamma) -> Array:
     ``gamma_w = w gamma / (1 - w)`` is the weighted magnitude ratio; the angle is ``pi`` (deviation only at
     exact opposition) for balanced weighted gradients and approaches ``pi/2`` as one weighted
     gradient dominates. ``w`` in ``{0, 1}`` gives ``pi/2``.
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
     """
     w, gamma = np.broadcast_arrays(np.asarray(w, float), np.asarray(gamma, float))
     if ((w < 0) | (w > 1)).any():
@@ -252,7 +270,10 @@ def deviation_angle_threshold(w, gamma) -> Array:
 
 
 def deviation_region(phi, w, gamma) -> Array:
-    """Closed-form indicator of drift deviation at (conflict angle, weight, magnitude ratio)."""
+    """Closed-form indicator of drift deviation at (conflict angle, weight, magnitude ratio).
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
+    """
     w = np.asarray(w, float)
     w_lo, w_hi = deviation_weight_thresholds(phi, gamma)
     return (w < w_lo) | (w > w_hi)
@@ -263,6 +284,8 @@ def deviation_area_fraction(gamma: float, n: int = 721) -> float:
 
     Computed from the closed-form thresholds (trapezoid rule over ``n`` angles): the deviating
     weights at angle ``phi`` form ``[0, w_lo) U (w_hi, 1]`` of length ``w_lo + 1 - w_hi``.
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
     """
     phi = np.linspace(0.0, np.pi, n)
     w_lo, w_hi = deviation_weight_thresholds(phi, gamma)
@@ -276,6 +299,8 @@ def weighted_noise_variance(weights, sigmas, corr) -> Array:
     ``Var = w_0^2 s_0^2 + w_1^2 s_1^2 + 2 c w_0 w_1 s_0 s_1``: the cross-task correlation ``c``
     (not the gradients' conflict angle) controls the cross term. At ``c = -1`` it is
     ``(w_0 s_0 - w_1 s_1)^2``, which vanishes when the weighted noise scales balance.
+
+    Explained in: Chapter 3, §3.4 (the diffusion term), §3.5 and §3.6.
     """
     w = np.asarray(weights, float)
     s = np.asarray(sigmas, float)
@@ -311,6 +336,8 @@ class TaskNoise:
       the paper's gradient energy ``|g_joint|^2``.
 
     ``sigma`` is one scale for both tasks or a pair ``(s_0, s_1)``.
+
+    Explained in: Chapter 3, §3.5 and §3.6; Chapter 5, §5.2 to §5.7 (the noise of every experiment).
     """
 
     sigma: float | tuple[float, float] = 0.1
@@ -500,6 +527,9 @@ def angle_diffusion(phi, gamma: float = 1.0, weights=(0.5, 0.5), sigma=1.0, corr
     The noises are :class:`TaskNoise` ``(sigma, corr, kind)``; the "hessian" kind uses
     :func:`curvature_pair` ``(condition)``. This is the picture behind "energy down, diffusion
     down": the energy falls as ``phi`` opens (for any weights), the diffusion of each kind may not.
+
+    Explained in: Chapter 3, §3.4 (the conflict angle on a slider: energy and diffusion side by
+    side).
     """
     phi = np.atleast_1d(np.asarray(phi, dtype=float))
     w = _weights(weights, 2)
@@ -524,6 +554,8 @@ class LSRun:
 
     ``xs``: iterates ``(S, K+1, 2)``; ``grads``: exact task gradients at ``xs[:, :-1]``,
     ``(S, K, 2, 2)``; ``noisy_grads``: what the optimizer saw, ``grads`` plus task noise.
+
+    Explained in: Chapter 3, §3.5 (noisy LS on a two-task landscape).
     """
 
     xs: Array
@@ -565,6 +597,8 @@ def simulate_ls(problem: Problem, weights, noise: TaskNoise, *, lr: float, steps
     iterates are kept (``grads`` and ``noisy_grads`` are then empty), which saves memory and time
     when only end points matter, as in escape counts. Runs that leave the finite range are kept
     as they are (``inf``/``nan``); choose ``lr`` below the stability limit ``2 / curvature``.
+
+    Explained in: Chapter 3, §3.5 (noisy LS on a two-task landscape).
     """
     w = _weights(weights, problem.n_tasks)
     if problem.n_tasks != 2:
@@ -624,7 +658,10 @@ def stationary_cov(problem: QuadraticPair, weights, noise: TaskNoise, lr: float,
 
 def descend(problem: Problem, weights, x0, *, lr: float = 0.05, steps: int = 2000) -> Array:
     """Noise-free LS gradient descent from ``x0`` (one or many points): finds the local LS minimum
-    whose basin holds ``x0`` (used to locate the sharp and the flat minimum)."""
+    whose basin holds ``x0`` (used to locate the sharp and the flat minimum).
+
+    Explained in: Chapter 5, §5.4 (escaping the sharp well).
+    """
     w = _weights(weights, problem.n_tasks)
     x = np.array(x0, dtype=float)
     for _ in range(int(steps)):
@@ -633,7 +670,10 @@ def descend(problem: Problem, weights, x0, *, lr: float = 0.05, steps: int = 200
 
 
 def escaped(final: Array, sharp_min, flat_min) -> Array:
-    """Boolean per run: does the final point lie nearer the flat minimum than the sharp one?"""
+    """Boolean per run: does the final point lie nearer the flat minimum than the sharp one?
+
+    Explained in: Chapter 5, §5.4 (escaping the sharp well), §5.5 and §5.6.
+    """
     final = np.asarray(final, float)
     d_s = np.linalg.norm(final - np.asarray(sharp_min, float), axis=-1)
     d_f = np.linalg.norm(final - np.asarray(flat_min, float), axis=-1)
@@ -643,7 +683,10 @@ def escaped(final: Array, sharp_min, flat_min) -> Array:
 def escape_counts(problem: Problem, weights, noises, *, lr: float, steps: int, sharp_min, flat_min,
                   n_seeds: int, seed: int = 0, step_scale: float = 1.0) -> Array:
     """For each noise model in ``noises``: how many of ``n_seeds`` LS runs started at the sharp
-    minimum end nearer the flat one after ``steps`` steps (common random numbers: same ``seed``)."""
+    minimum end nearer the flat one after ``steps`` steps (common random numbers: same ``seed``).
+
+    Explained in: Chapter 3, §3.6 (a sharp minimum that more noise would escape).
+    """
     out = []
     for nz in noises:
         run = simulate_ls(problem, weights, nz, lr=lr, steps=steps, x0=sharp_min, n_seeds=n_seeds,
@@ -669,6 +712,8 @@ def kappa_escape_decomposition(problem: Problem, weights, *, sigma: float, corr:
 
     Returns ``{setting: {"steps", "sigma", "temperature", "time", "counts"}}``, arrays over kappas;
     all runs start at ``sharp_min`` with the same ``seed`` (common random numbers).
+
+    Explained in: Chapter 3, §3.6 (temperature or time? Taking kappa apart).
     """
     w = _weights(weights, problem.n_tasks)
     kappas = np.asarray(kappas, dtype=float)

@@ -39,7 +39,10 @@ SYMBOLS = dict(w0=w0, w1=w1, n0=n0, n1=n1, sigma0=s0, sigma1=s1, sigma=sigma, ga
 
 
 def polar_vectors() -> tuple[sp.Matrix, sp.Matrix]:
-    """``g_0 = n_0 (1, 0)`` and ``g_1 = n_1 (cos phi, sin phi)`` as column vectors."""
+    """``g_0 = n_0 (1, 0)`` and ``g_1 = n_1 (cos phi, sin phi)`` as column vectors.
+
+    Explained in: Chapter 3, §3.2 (the energy of the joint gradient).
+    """
     return sp.Matrix([n0, 0]), sp.Matrix([n1 * sp.cos(phi), n1 * sp.sin(phi)])
 
 
@@ -48,6 +51,8 @@ def joint_energy() -> sp.Expr:
 
     The last term is the cross term ``2 w_0 w_1 <g_0, g_1>``; it is negative exactly when the
     gradients conflict (``cos phi < 0``).
+
+    Explained in: Chapter 3, §3.2 (the energy of the joint gradient) and §3.4 (the diffusion term).
     """
     g0, g1 = polar_vectors()
     gj = w0 * g0 + w1 * g1
@@ -59,6 +64,8 @@ def energy_ratio() -> sp.Expr:
 
     Substituting ``n_1 = gamma_w w_0 n_0 / w_1`` cancels every other symbol:
     ``1 + 2 gamma_w cos(phi) / (1 + gamma_w^2)``.
+
+    Explained in: Chapter 3, §3.2 (the energy of the joint gradient).
     """
     ratio = joint_energy() / (w0**2 * n0**2 + w1**2 * n1**2)
     return sp.simplify(ratio.subs(n1, gamma_w * w0 * n0 / w1))
@@ -69,6 +76,8 @@ def energy_ratio_minimum() -> tuple[sp.Expr, sp.Expr]:
 
     Returns ``(gamma_w_star, ratio_at_gamma_w_star)`` = ``(1, 1 + cos(phi))``: the energy collapses
     most when the two *weighted* gradients have equal length, and to zero at ``phi = pi``.
+
+    Explained in: Chapter 3, §3.2 (the energy of the joint gradient).
     """
     e = energy_ratio()
     crit = [s for s in sp.solve(sp.diff(e, gamma_w), gamma_w) if s.is_positive]
@@ -83,6 +92,8 @@ def weighted_noise_variance() -> sp.Expr:
     It is the quadratic form ``w^T C w`` with ``C = [[s_0^2, c s_0 s_1], [c s_0 s_1, s_1^2]]``:
     ``w_0^2 s_0^2 + w_1^2 s_1^2 + 2 c w_0 w_1 s_0 s_1``. Its cross term carries the noise
     correlation ``c``; the gradients' conflict angle does not appear at all.
+
+    Explained in: Chapter 3, §3.4 (the diffusion term: the covariance of the weighted noise).
     """
     C = sp.Matrix([[s0**2, c * s0 * s1], [c * s0 * s1, s1**2]])
     wv = sp.Matrix([w0, w1])
@@ -96,6 +107,8 @@ def observed_energy() -> sp.Expr:
     weighted noise variance (the mixed term ``2 <g_joint, E noise>`` vanishes). An energy measured
     on mini-batch gradients therefore mixes the paper's cross term ``2 w_0 w_1 <g_0, g_1>`` with
     the noise's cross term ``2 c w_0 w_1 s_0 s_1``, which can have the opposite sign.
+
+    Explained in: Chapter 3, §3.4 (the diffusion term: the covariance of the weighted noise).
     """
     return sp.expand(joint_energy() + p * weighted_noise_variance())
 
@@ -107,6 +120,8 @@ def gradient_noise_diffusion_trace() -> sp.Expr:
     ``sigma^2 (w_0^2 n_0^2 + w_1^2 n_1^2 + 2 c w_0 w_1 n_0 n_1 cos(phi))``. Only here does the
     conflict angle enter the diffusion, through ``c cos(phi)``, and only for ``c = 1`` is it
     ``sigma^2 |g_joint|^2``, the paper's energy.
+
+    Explained in: Chapter 3, §3.4 (the diffusion term: the covariance of the weighted noise).
     """
     g0, g1 = polar_vectors()
     C = sp.Matrix([[1, c], [c, 1]])
@@ -123,6 +138,8 @@ def drift_alignments() -> tuple[sp.Expr, sp.Expr]:
 
     ``(1 - w) + w gamma cos(phi)`` and ``gamma ((1 - w) cos(phi) + w gamma)``; drift deviation means one
     of them is negative.
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
     """
     g0, g1 = polar_vectors()
     gj = (1 - w) * g0 + w * g1
@@ -138,6 +155,8 @@ def deviation_weight_thresholds() -> tuple[sp.Expr, sp.Expr]:
     ``w_lo = -cos(phi) / (gamma - cos(phi))`` (task 1 is hurt for ``w < w_lo``) and
     ``w_hi = 1 / (1 - gamma cos(phi))`` (task 0 is hurt for ``w > w_hi``); both lie in (0, 1) only
     under conflict.
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
     """
     a0, a1 = drift_alignments()
     (w_hi,) = sp.solve(sp.Eq(a0, 0), w)
@@ -150,6 +169,8 @@ def deviation_cosine_thresholds() -> tuple[sp.Expr, sp.Expr]:
 
     Task 0 is hurt iff ``cos(phi) < -1/gamma_w``, task 1 iff ``cos(phi) < -gamma_w``; so some task
     is hurt iff ``cos(phi) < -min(gamma_w, 1/gamma_w)``.
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
     """
     ct = sp.symbols("cos_phi", real=True)
     g0, g1 = polar_vectors()

@@ -54,6 +54,9 @@ def cosine(g0: Array, g1: Array, eps: float = 1e-12) -> Array:
     ``cos = <g0, g1> / (|g0| |g1|)``: the scale-free measure of conflict (negative = conflict).
     Where either vector is shorter than ``eps`` the angle is undefined and ``nan`` is returned,
     rather than a misleading 0.
+
+    Explained in: Chapter 1, §1.4 (gradients and conflict), §1.5 (a map of the plane) and
+    §1.8 (the share of negative inner products).
     """
     g0 = np.asarray(g0, dtype=float)
     g1 = np.asarray(g1, dtype=float)
@@ -90,6 +93,8 @@ def common_descent_arc(grads: Sequence[Sequence[float]] | Array, tol: float = 1e
 
     The arc, if it exists, starts at the boundary ``theta_j - pi/2`` of some half-plane ``j``;
     we try each ``j`` and keep the one whose start lies inside every other half-plane.
+
+    Explained in: Chapter 1, §1.4 (the cone of common descent).
     """
     G = np.asarray(grads, dtype=float)
     if G.ndim != 2 or G.shape[1] != 2 or G.shape[0] < 1:
@@ -135,6 +140,9 @@ def pareto_stationarity_gap(g0: Array, g1: Array) -> Array:
 
     Zero exactly when ``0`` is in the convex hull of the two gradients, i.e. at a
     Pareto-stationary point; it grows with the size of the best common descent step available.
+
+    Explained in: Chapter 1, §1.2 (Pareto stationarity) and §1.6 (sweeping the scalarization
+    weight).
     """
     return np.linalg.norm(hull_nearest_point(g0, g1), axis=-1)
 
@@ -181,7 +189,10 @@ class ConflictMap:
 
 def conflict_map(problem, weights: Sequence[float] = (1.0, 1.0), xlim=(-2.0, 2.0), ylim=(-2.0, 2.0),
                  n: int = 161) -> ConflictMap:
-    """Evaluate :class:`ConflictMap` for a two-task ``problem`` (from :mod:`camegrad_mini.problems`)."""
+    """Evaluate :class:`ConflictMap` for a two-task ``problem`` (from :mod:`camegrad_mini.problems`).
+
+    Explained in: Chapter 1, §1.5 (where do gradients conflict?).
+    """
     w = np.asarray(weights, dtype=float)
     if w.shape != (2,) or (w < 0).any() or w.sum() <= 0:
         raise ValueError(f"weights must be two non-negative numbers, not both zero; got {w.tolist()}")
@@ -227,6 +238,8 @@ def ls_minimize(problem, weights: Sequence[float], starts: Array, gtol: float = 
     We use the problem's analytic gradient. Running from many starts is the point: on a problem
     whose Pareto front is concave in places, the weighted sum has several local minima and the
     middle of the Pareto set consists of saddles or maxima, which no start converges to.
+
+    Explained in: Chapter 1, §1.6 (sweeping the scalarization weight).
     """
     from scipy.optimize import minimize  # local import: scipy is only needed here
 
@@ -254,6 +267,8 @@ def polyline_coordinate(points: Array, polyline: Array) -> Array:
 
     Used to say *where along the Pareto set* a minimiser landed: 0 is the polyline's first
     vertex (task 0's minimiser for ``pareto_set``), 1 its last.
+
+    Explained in: Chapter 1, §1.6 (sweeping the scalarization weight).
     """
     P = np.atleast_2d(np.asarray(points, dtype=float))
     V = np.asarray(polyline, dtype=float)
@@ -286,6 +301,9 @@ def stationary_weight(g0: Array, g1: Array) -> Array:
     whether it is one is a question about the Hessian there (:func:`weighted_hessian`).
     Vectorised over leading axes; where ``g0 = g1`` every weight gives the same vector and
     ``0.5`` is returned.
+
+    Explained in: Chapter 1, §1.2 (Pareto stationarity) and §1.6 (which points can a weighted sum
+    reach?).
     """
     g0 = np.asarray(g0, dtype=float)
     g1 = np.asarray(g1, dtype=float)
@@ -306,6 +324,8 @@ def weighted_hessian(problem, x: Array, weights: Sequence[float], step: float = 
     default ``step`` gives about ten correct digits on the book's test problems. Its smallest
     eigenvalue decides what a stationary point is: positive, a strict local minimum; negative, a
     saddle or a maximum, which gradient descent leaves.
+
+    Explained in: Chapter 1, §1.6 (which points can a weighted sum reach?).
     """
     w = np.asarray(weights, dtype=float)
     if w.ndim != 1 or (w < 0).any() or w.sum() <= 0 or not np.isfinite(w).all():
@@ -360,6 +380,8 @@ def scalarization_sweep(losses: Array, weights: Sequence[float] | Array) -> Scal
     if the weighted sum also curves upwards across the curve (use :func:`weighted_hessian`), and
     the answer is only as fine as the sampling: positions that need a weight between two of
     ``weights`` are missed.
+
+    Explained in: Chapter 1, §1.6 (which points can a weighted sum reach?).
     """
     F = np.asarray(losses, dtype=float)
     if F.ndim != 2 or F.shape[1] != 2 or F.shape[0] < 2:

@@ -69,6 +69,8 @@ def per_example_statistics(per_example) -> PerExampleStatistics:
 
     Returns ``mean``, ``Sigma``, ``second_moment = E_n |v_n|^2``, ``mean_norm2 = |g|^2`` and
     ``trace = tr Sigma``, which equals ``second_moment - mean_norm2`` (to rounding).
+
+    Explained in: Chapter 2, §2.7 (where Sigma comes from: mini-batch noise on a finite data set).
     """
     v = _grads(per_example)
     g = v.mean(0)
@@ -83,6 +85,8 @@ def minibatch_covariance(per_example, batch_size: int, replacement: bool = True)
 
     With replacement ``Sigma / B``; without replacement ``(N - B)/(N - 1) * Sigma / B`` (zero when the
     batch is the whole data set).
+
+    Explained in: Chapter 2, §2.7 (where Sigma comes from: mini-batch noise on a finite data set).
     """
     v = _grads(per_example)
     n = len(v)
@@ -97,6 +101,8 @@ def sample_batch_means(per_example, batch_size: int, n_batches: int, *, replacem
     """``n_batches`` independent batch means, shape ``(n_batches, d)``.
 
     Without replacement each batch is ``B`` distinct indices (the first ``B`` of a random ordering).
+
+    Explained in: Chapter 2, §2.7 (where Sigma comes from: mini-batch noise on a finite data set).
     """
     v = _grads(per_example)
     n = len(v)
@@ -117,6 +123,8 @@ class LinearRegressionTasks:
     ``X`` has shape ``(N, d)``, ``Y`` shape ``(N, n_tasks)``, ``weights`` the task weights ``omega``
     of linear scalarization, ``L = sum_i omega_i L_i``. Every example carries every task's target,
     so example ``n``'s joint gradient is ``x_n (sum_i omega_i)(x_n^T theta) - x_n sum_i omega_i y_{n,i}``.
+
+    Explained in: Chapter 2, §2.7 (where Sigma comes from: mini-batch noise on a finite data set).
     """
 
     X: Array
@@ -177,6 +185,8 @@ def simulate_minibatch_sgd(problem: LinearRegressionTasks, theta0, *, eta: float
     batch) and steps along the mean of their joint gradients. The noise is whatever the data make
     it: state-dependent, discrete, not Gaussian. Moments are averaged over chains and over the
     steps after ``burn_in``, as in :func:`camegrad_mini.sde.simulate_sgd`.
+
+    Explained in: Chapter 2, §2.7 (where Sigma comes from: mini-batch noise on a finite data set).
     """
     eta = float(eta)
     if not np.isfinite(eta) or eta <= 0:
@@ -223,6 +233,8 @@ def stationary_cov_minibatch_sgd(problem: LinearRegressionTasks, eta: float, bat
     ``E[A_hat S A_hat] = H S H + (E_n[A_n S A_n] - H S H) / B``. Returns ``S`` (``exact``), the
     fixed-noise Gaussian prediction ``(I - eta H) S (I - eta H) + eta^2 Sigma*/B`` (``gaussian``) and
     ``Sigma*``, the per-example covariance at ``theta*``.
+
+    Explained in: Chapter 2, §2.7 (where Sigma comes from: mini-batch noise on a finite data set).
     """
     from .sde import stationary_cov_sgd
 

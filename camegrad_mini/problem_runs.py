@@ -130,6 +130,8 @@ def make_method(name: str, label: str | None = None, **kwargs: Any) -> Method:
 
     Returns:
         The method.
+
+    Explained in: Chapter 5, §5.1 (the protocol) and every experiment of §5.2 to §5.7.
     """
     if name not in METHOD_NAMES:
         raise ValueError(f"name must be one of {METHOD_NAMES}, got {name!r}")
@@ -168,7 +170,10 @@ def make_method(name: str, label: str | None = None, **kwargs: Any) -> Method:
 @dataclass(frozen=True)
 class SGD:
     """Plain gradient descent: displacement ``-lr * d``. A global scale of ``d`` (CAME-Grad's
-    kappa) is therefore a learning-rate multiplier."""
+    kappa) is therefore a learning-rate multiplier.
+
+    Explained in: Chapter 5, §5.2 to §5.7 (the experiments).
+    """
 
     lr: float
 
@@ -189,6 +194,8 @@ class Adam:
     ``-lr mhat / (sqrt(vhat) + eps)``. Multiplying every ``d`` by a constant ``k`` multiplies
     ``m`` by ``k`` and ``sqrt(v)`` by ``|k|``: the displacement changes only through ``eps``,
     which is why a constant kappa is almost a no-op under Adam.
+
+    Explained in: Chapter 5, §5.2 (the main comparison) and §5.7 (sensitivity under SGD and Adam).
     """
 
     lr: float
@@ -280,6 +287,8 @@ def simulate(problem: Problem, method: Method, optimizer: Optimizer, noise: Task
 
     Returns:
         A :class:`Run`.
+
+    Explained in: Chapter 5, §5.2 to §5.5 and §5.7 (the experiments).
     """
     if problem.n_tasks != 2:
         raise ValueError(f"simulate models two-task problems, got n_tasks={problem.n_tasks}")
@@ -323,7 +332,10 @@ def simulate(problem: Problem, method: Method, optimizer: Optimizer, noise: Task
 
 def run_methods(problem: Problem, methods: Sequence[Method], optimizer: Optimizer, noise: TaskNoise,
                 **kwargs: Any) -> dict[str, Run]:
-    """:func:`simulate` for each method with the same noise seed (paired runs), keyed by label."""
+    """:func:`simulate` for each method with the same noise seed (paired runs), keyed by label.
+
+    Explained in: Chapter 5, §5.2 (the main comparison), §5.3, §5.4 and §5.6.
+    """
     labels = [m.label for m in methods]
     if len(set(labels)) != len(labels):
         raise ValueError(f"method labels must be distinct, got {labels}")
@@ -339,6 +351,8 @@ def stationarity_gap(grads: Array) -> Array:
     ``min_{a in [0, 1]} |a g_0 + (1 - a) g_1|``: the norm of MGDA's min-norm point, zero exactly
     when some convex combination of the gradients vanishes (Pareto stationarity). It does not
     depend on the task weights' values, only on the directions and norms of ``g_i``.
+
+    Explained in: Chapter 5, §5.2 (the main comparison).
     """
     grads = np.asarray(grads, dtype=float)
     if grads.shape[-2:] != (2, 2):
@@ -411,6 +425,8 @@ def tail_mean(values: Array, fraction: float = 0.25) -> Array:
 
     Under persistent noise the iterates never settle; averaging the tail of the run measures where
     a method *hovers*, with far less seed noise than the single last step.
+
+    Explained in: Chapter 5, Exercises.
     """
     values = np.asarray(values, dtype=float)
     if values.ndim != 2:
@@ -431,6 +447,8 @@ def summarize(run: Run, pareto_set: Array | None = None, tail: float = 0.25) -> 
     - ``"conflict_observed"``: the same against the noisy gradients the method saw;
     - with ``pareto_set``: ``"distance"`` (tail mean of the distance to it) and ``"position"``
       (tail mean of the position along it, 0 = task 0's end, 1 = task 1's end).
+
+    Explained in: Chapter 5, §5.2 (the main comparison), §5.3 and §5.5 to §5.7.
     """
     out = {
         "gap": tail_mean(stationarity_gap(run.grads), tail),
@@ -446,7 +464,10 @@ def summarize(run: Run, pareto_set: Array | None = None, tail: float = 0.25) -> 
 
 
 def mean_sd_text(values: Array, digits: int = 3) -> str:
-    """``"mean ± sd"`` over seeds (sample standard deviation), rounded to ``digits`` decimals."""
+    """``"mean ± sd"`` over seeds (sample standard deviation), rounded to ``digits`` decimals.
+
+    Explained in: Chapter 5, §5.2 (the main comparison), §5.6 and §5.7.
+    """
     m, s = mean_sd(values)
     return f"{float(m):.{digits}f} ± {float(s):.{digits}f}"
 
@@ -455,6 +476,8 @@ def format_table(rows: Mapping[str, Mapping[str, str | float]], digits: int = 3,
     """A fixed-width text table: one row per key of ``rows``, columns from the first row's keys.
 
     Floats are rounded to ``digits`` decimals, strings printed as given (e.g. ``"0.12 ± 0.03"``).
+
+    Explained in: Chapter 5, §5.2 (the main comparison), §5.6 and §5.7.
     """
     if not rows:
         raise ValueError("rows must not be empty")
@@ -485,6 +508,8 @@ def count_backward_passes(aggregator: str, *, two_heads: bool = False, kappa: fl
 
     Returns:
         ``{"shared": n, "head 0": n, "head 1": n}`` (``"head"`` when the head is shared).
+
+    Explained in: Chapter 5, §5.8 (the cost per step).
     """
     import torch
 

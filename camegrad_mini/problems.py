@@ -26,7 +26,11 @@ Array = np.ndarray
 
 
 def rotation(theta: float) -> Array:
-    """The 2x2 rotation matrix by ``theta`` radians."""
+    """The 2x2 rotation matrix by ``theta`` radians.
+
+    Explained in: Chapter 2, §2.4 (numerics), §2.6 (Itô's lemma for each task's loss) and §2.7
+    (mini-batch noise).
+    """
     c, s = np.cos(theta), np.sin(theta)
     return np.array([[c, -s], [s, c]])
 
@@ -70,6 +74,9 @@ class QuadraticPair(Problem):
     ``x*(t) = ((1 - t) A_0 + t A_1)^{-1} ((1 - t) A_0 c_0 + t A_1 c_1)``.
     With ``A_0 = A_1`` it is the straight segment from ``c_0`` to ``c_1``; unequal curvatures
     bend it, and the weight then moves the minimizer along it at an uneven speed.
+
+    Explained in: Chapter 1, §1.3 (the test problems) and §1.4 (gradients and the cone of common
+    descent); Chapter 5, §5.1 (the protocol).
     """
 
     c0: tuple[float, float] = (-1.0, 0.0)
@@ -134,6 +141,9 @@ class FonsecaFleming(Problem):
     (70.7% of the set's length): the global minimizer of a weighted sum lies at or next to one of
     the two ends, and its local minimizers reach at most ``(1 - 1/sqrt(2))/2``, about 0.146 of the
     set's length, from an end. Linear scalarization cannot reach the compromise points in the middle.
+
+    Explained in: Chapter 1, §1.3 (the test problems) and §1.6 (sweeping the scalarization weight);
+    Chapter 5, §5.1 (the protocol).
     """
 
     name: str = field(default="Fonseca-Fleming", compare=False)
@@ -172,6 +182,9 @@ class SharpFlatWells(Problem):
     the tasks in opposite directions, so their gradients conflict near both wells while linear
     scalarization with weights summing to one keeps both wells as local minima. Chapter 3 starts
     noisy LS in the sharp well and counts how often noise carries it into the flat one.
+
+    Explained in: Chapter 3, §3.6 (a sharp minimum that more noise would escape); Chapter 5, §5.4
+    (escaping the sharp well).
     """
 
     sharp_center: tuple[float, float] = (-1.0, 0.0)
@@ -238,6 +251,8 @@ class SharpFlatDoubleWell:
 
     ``loss``, ``grad`` and ``hess`` act elementwise on arrays of any shape ``(...)`` (a point is
     a scalar), returning the same shape.
+
+    Explained in: Chapter 2, §2.5 (sharp versus flat minima); Chapter 2b, §A.1 (the Gibbs density).
     """
 
     confinement: float = 0.05

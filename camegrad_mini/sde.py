@@ -89,6 +89,8 @@ def sde_diffusion(eta: float, noise_cov, batch_size: int) -> Array:
     Why ``eta``: one SGD step moves the mean by ``-eta grad L`` and adds noise of covariance
     ``eta^2 Sigma / B``; in the time ``t = k eta`` a step lasts ``dt = eta``, so the noise per unit
     time is ``eta^2 Sigma / B / eta = eta Sigma / B``.
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     eta = _positive("eta", eta)
     if int(batch_size) != batch_size or batch_size < 1:
@@ -102,6 +104,8 @@ def noise_temperature(eta: float, noise_var: float, batch_size: int) -> float:
     The SDE ``d theta = -L' dt + sqrt(eta sigma^2 / B) dW`` has the Gibbs stationary density
     ``exp(-L / T)`` with ``2 T = eta sigma^2 / B``: only the ratio ``eta / B`` enters
     (the "temperature" of Jastrzebski et al. 2017).
+
+    Explained in: Chapter 2, §2.5 (sharp versus flat minima: escape times).
     """
     eta = _positive("eta", eta)
     noise_var = _positive("noise_var", noise_var)
@@ -111,7 +115,10 @@ def noise_temperature(eta: float, noise_var: float, batch_size: int) -> float:
 
 
 def stability_limit(H) -> float:
-    """The largest stable learning rate ``2 / lambda_max(H)`` of (S)GD on a quadratic with Hessian ``H``."""
+    """The largest stable learning rate ``2 / lambda_max(H)`` of (S)GD on a quadratic with Hessian ``H``.
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
+    """
     H = _as_psd("H", H)
     lam = np.linalg.eigvalsh(H).max()
     if lam <= 0:
@@ -128,6 +135,8 @@ def stationary_cov_ou(H, eta: float, noise_cov, batch_size: int) -> Array:
     Solves the continuous Lyapunov equation ``H S + S H^T = eta Sigma / B``
     (``scipy.linalg.solve_continuous_lyapunov`` solves ``A X + X A^H = Q``). Requires ``H``
     positive definite, otherwise the process has no stationary law.
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     H = _as_psd("H", H)
     if np.linalg.eigvalsh(H).min() <= 0:
@@ -156,6 +165,8 @@ def stationary_cov_sgd(H, eta: float, noise_cov, batch_size: int) -> Array:
     ``theta_{k+1} = (I - eta H) theta_k - eta xi_k`` gives the discrete Lyapunov equation
     ``S = (I - eta H) S (I - eta H)^T + eta^2 Sigma / B``; it has a solution only below the
     stability limit ``eta < 2 / lambda_max(H)`` (ValueError otherwise).
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     H = _as_psd("H", H)
     eta = _positive("eta", eta)
@@ -174,6 +185,8 @@ def stationary_cov_euler_maruyama(H, dt: float, diffusion) -> Array:
     One step is ``theta + dt (-H theta) + sqrt(dt) D^{1/2} z``, so ``S = (I - dt H) S (I - dt H)^T + dt D``.
     As ``dt -> 0`` it tends to the OU covariance; with ``D = eta Sigma / B`` and ``dt = eta`` it is
     exactly SGD's covariance (the two iterations coincide in law).
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     H = _as_psd("H", H)
     dt = _positive("dt", dt)
@@ -238,6 +251,8 @@ def simulate_sgd(grad: GradFn, theta0, *, eta: float, noise_cov, batch_size: int
     ``theta_{k+1} = theta_k - eta (grad L(theta_k) + xi_k)``, ``xi_k ~ N(0, Sigma / B)``
     independent across steps and chains. Gaussian noise is the modelling assumption behind the
     SDE; real minibatch noise is neither Gaussian nor independent of ``theta`` in general.
+
+    Explained in: Chapter 2, §2.4 (numerics), §2.5 (escape times) and §2.7 (mini-batch noise).
     """
     eta = _positive("eta", eta)
     Sigma = _as_psd("noise_cov", noise_cov)
@@ -255,6 +270,8 @@ def simulate_euler_maruyama(drift: GradFn, theta0, *, dt: float, diffusion, n_st
     One step: ``theta + drift(theta) dt + sqrt(dt) D^{1/2} z`` with ``z ~ N(0, I)``. For the SGD
     SDE pass ``drift = lambda th: -grad(th)`` and ``diffusion = sde_diffusion(eta, Sigma, B)``;
     choose ``dt`` well below ``eta`` to approximate the SDE rather than SGD itself.
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     dt = _positive("dt", dt)
     D = _as_psd("diffusion", diffusion)
@@ -312,6 +329,8 @@ def simulate_escape(grad: Callable[[Array], Array], x0: float, boundary: float, 
     noise, e.g. proportional to the curvature as in Zhu et al. 2019; values must be >= 0).
     Times are reported in SDE time ``t = k eta`` so runs with different ``eta`` compare.
     Only the chains still inside are updated, in blocks of ``block`` steps (noise drawn per block).
+
+    Explained in: Chapter 2, §2.5 (sharp versus flat minima: escape times).
     """
     eta = _positive("eta", eta)
     var_fn: Callable[[Array], Array] | None = None
@@ -368,6 +387,9 @@ def kramers_escape_time(h_min: float, h_saddle: float, barrier: float, temperatu
     of curvature ``h_saddle < 0`` that lies ``barrier`` above it; asymptotic as ``barrier / T -> inf``
     (corrections are of relative order ``T / barrier``). The exponential is the Arrhenius law.
     The book derives it from the exact first-passage time by Laplace's method (chapter 2's appendix).
+
+    Explained in: Chapter 2, §2.5 (escape times); Chapter 2b, §A.3 (Kramers' law by Laplace's
+    method).
     """
     h_min = _positive("h_min", h_min)
     if not np.isfinite(h_saddle) or h_saddle >= 0:
@@ -386,6 +408,9 @@ def mean_first_passage_time_1d(loss: Callable[[Array], Array], x0: float, bounda
     ``tau = (1/T) int_{x0}^{b} exp(L(y)/T) int_{far}^{y} exp(-L(z)/T) dz dy``,
     evaluated here by the trapezoidal rule on ``n_grid`` points. It is exact for the SDE, so it
     separates the two errors in a simulation: Kramers' asymptotics and SGD's finite step.
+
+    Explained in: Chapter 2, §2.5 (escape times); Chapter 2b, §A.2 (the mean first-passage time) and
+    §A.3.
     """
     temperature = _positive("temperature", temperature)
     if boundary == x0:
@@ -416,6 +441,8 @@ def quadratic_mean_weak_errors(curvature: float, etas, t_end: float, x0: float =
     ``-(h + eta h^2 / 2) x``, is ``exp(-(h + eta h^2/2) t) x0``. Returns ``|SGD - SDE|`` and
     ``|SGD - SME|``: they shrink like ``eta`` and ``eta^2`` (weak orders one and two).
     ``t_end / eta`` must be a whole number of steps for every ``eta`` (checked).
+
+    Explained in: Chapter 2, §2.2 (weak order one, and the stochastic modified equation).
     """
     hc = _positive("curvature", curvature)
     t_end = _positive("t_end", t_end)
@@ -456,6 +483,8 @@ def simulate_path_averages(drift: GradFn, theta0, *, dt: float, diffusion, n_ste
     Records the chain average of ``observables(theta)`` (a map ``(n_chains, d) -> (n_chains, m)``) at
     time 0 and every ``record_every`` steps, with its standard error. Unlike :func:`simulate_euler_maruyama`
     it keeps the time course (for transients), not a time average.
+
+    Explained in: Chapter 2, §2.1 (an Itô primer) and §2.6 (Itô's lemma for each task's loss).
     """
     dt = _positive("dt", dt)
     D = _as_psd("diffusion", diffusion)
@@ -493,6 +522,8 @@ def linear_sde_moments(A, theta_star, diffusion, theta0, times) -> tuple[Array, 
     with ``S_0 = 0``, so ``S_t = S_inf - e^{-A t} S_inf e^{-A^T t}`` with ``A S_inf + S_inf A^T = D``
     (requires the eigenvalues of ``A`` to have positive real parts). Returns arrays of shape
     ``(len(times), d)`` and ``(len(times), d, d)``.
+
+    Explained in: Chapter 2, §2.6 (Itô's lemma for each task's loss).
     """
     A = _as_square("A", A)
     if np.linalg.eigvals(A).real.min() <= 0:

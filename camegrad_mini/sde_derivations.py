@@ -98,6 +98,8 @@ def ito_lemma(f: sp.Expr, state: list[sp.Symbol], drift: sp.Matrix, factor: sp.M
     coefficient of ``dt`` (``drift_term``), the coefficients of ``dW`` (``noise_terms``), the
     generator written out, ``generator = b . grad f + (1/2) tr(D Hess f)``, and their difference
     (``check``, zero after expansion).
+
+    Explained in: Chapter 2, §2.1 (an Itô primer).
     """
     state = list(state)
     d, m = len(state), factor.shape[1]
@@ -138,6 +140,8 @@ def task_loss_ito(n_tasks: int = 2) -> dict[str, sp.Basic]:
     factor, ``Sigma_omega = F F^T``. Returns, per task, Ito's ``dt`` coefficient (from
     :func:`ito_lemma`), the claimed form ``-<grad L_i, g_joint> + (eta/2) tr(H_i Sigma_omega)``
     and their difference (zero after expansion).
+
+    Explained in: Chapter 2, §2.6 (Itô's lemma for each task's loss).
     """
     if int(n_tasks) != n_tasks or n_tasks < 1:
         raise ValueError(f"n_tasks must be a positive integer, got {n_tasks}")
@@ -176,6 +180,8 @@ def minibatch_covariance() -> dict[str, sp.Basic]:
     symbol, written out, returned as ``ggT``). Returns both covariances,
     their ratio (the finite-population factor ``(N - B)/(N - 1)``) and the trace identity
     ``tr Sigma = E_n |v_n|^2 - |g|^2`` (``tr M2 = E_n |v_n|^2``).
+
+    Explained in: Chapter 2, §2.7 (where Sigma comes from: mini-batch noise).
     """
     N = sp.Symbol("N", positive=True, integer=True)
     M2 = sp.Symbol("M_2", real=True)
@@ -200,6 +206,8 @@ def sgd_step_moments(d: int = 2) -> dict[str, sp.Basic]:
 
     Returns the symbols (``g``, ``xi``, ``Sigma``), the increment, ``mean = E Delta`` and
     ``cov = E[Delta Delta^T] - mean mean^T``; the result is ``-eta g`` and ``eta^2 Sigma / B``.
+
+    Explained in: Chapter 2, §2.1 (one SGD step: its mean and covariance).
     """
     if d < 1:
         raise ValueError(f"d must be a positive integer, got {d}")
@@ -222,6 +230,8 @@ def euler_maruyama_step_moments(d: int = 2) -> dict[str, sp.Basic]:
     explicit). Returns ``mean`` and ``cov`` in terms of ``dt`` and, after the substitution
     ``dt = eta``, ``mean_at_eta`` and ``cov_at_eta`` (which equals ``eta^2 F F^T / B``, i.e.
     SGD's ``eta^2 Sigma / B`` once ``Sigma = F F^T``, returned as ``Sigma_from_F``).
+
+    Explained in: Chapter 2, §2.1 (one SGD step: its mean and covariance).
     """
     if d < 1:
         raise ValueError(f"d must be a positive integer, got {d}")
@@ -249,7 +259,10 @@ sf = sp.Function("s")
 
 
 def generator_1d(f: sp.Expr, drift: sp.Expr, var: sp.Expr, v: sp.Symbol = y) -> sp.Expr:
-    """The generator ``calL f = b f' + (1/2) sigma^2 f''`` of ``dX = b dt + sigma dW`` in the variable ``v``."""
+    """The generator ``calL f = b f' + (1/2) sigma^2 f''`` of ``dX = b dt + sigma dW`` in the variable ``v``.
+
+    Explained in: Chapter 2, §2.2 (weak order one, and the stochastic modified equation).
+    """
     return drift * sp.diff(f, v) + sp.Rational(1, 2) * var * sp.diff(f, v, 2)
 
 
@@ -287,6 +300,8 @@ def one_step_moment_gap_1d(corrected: bool) -> dict[str, sp.Expr]:
     or the SME drift ``-d/dy [L + (eta/4) L'^2]`` (``corrected=True``). Dynkin's expansion to order
     3 is truncated at ``eta^2`` (every ``eta^2`` term is then complete). Returns the SDE moments,
     SGD's moments and the two gaps.
+
+    Explained in: Chapter 2, §2.2 (weak order one, and the stochastic modified equation).
     """
     Ly = Lf(y)
     drift = -sp.diff(Ly, y)
@@ -301,7 +316,10 @@ def one_step_moment_gap_1d(corrected: bool) -> dict[str, sp.Expr]:
 
 
 def sme_correction_identity() -> dict[str, sp.Basic]:
-    """In 2-D, ``-(eta/4) grad |grad L|^2 = -(eta/2) H grad L`` for a generic smooth ``L(x1, x2)``."""
+    """In 2-D, ``-(eta/4) grad |grad L|^2 = -(eta/2) H grad L`` for a generic smooth ``L(x1, x2)``.
+
+    Explained in: Chapter 2, §2.2 (the stochastic modified equation).
+    """
     x1, x2 = sp.symbols("x_1 x_2", real=True)
     L2 = sp.Function("L")(x1, x2)
     grad = sp.Matrix([sp.diff(L2, x1), sp.diff(L2, x2)])
@@ -316,6 +334,8 @@ def quadratic_mean_rates(order: int = 3) -> dict[str, sp.Expr]:
 
     SGD: ``E x_k = (1 - eta h)^k x_0 = exp(r t) x_0`` with ``t = k eta`` and ``r = log(1 - eta h)/eta``.
     SDE: ``r = -h``. SME: drift ``-(h + eta h^2 / 2) x`` gives ``r = -h - eta h^2 / 2``.
+
+    Explained in: Chapter 2, §2.2 (weak order one, and the stochastic modified equation).
     """
     curv = sp.Symbol("h", positive=True)
     r_sgd = sp.log(1 - eta * curv) / eta
@@ -356,6 +376,8 @@ def lyapunov_2x2(kind: str, diagonal: bool = False, rhs: sp.Matrix | None = None
     ``kind="continuous"``: ``H S + S H = eta Sigma / B`` (OU process of the SDE);
     ``kind="discrete"``: ``S = (I - eta H) S (I - eta H)^T + eta^2 Sigma / B`` (SGD itself).
     ``rhs`` replaces ``eta Sigma / B`` in the continuous equation (used for the series).
+
+    Explained in: Chapter 2, §2.3 (the quadratic case: an Ornstein-Uhlenbeck process).
     """
     syms = lyapunov_symbols(diagonal)
     H, Sigma, S = syms["H"], syms["Sigma"], syms["S"]
@@ -377,6 +399,8 @@ def lyapunov_gap_series(order: int = 3, diagonal: bool = False) -> dict[str, sp.
     covariance); ``eta^{k+1}``: ``H S_{k+1} + S_{k+1} H = H S_k H``. Each order is one more
     continuous Lyapunov solve, so the gap ``sum_{k>=2} eta^k S_k`` starts at ``eta^2``.
     Returns the terms ``S_k`` (k = 1..order) and the truncated gap.
+
+    Explained in: Chapter 2, §2.3 (the quadratic case: an Ornstein-Uhlenbeck process).
     """
     if int(order) != order or order < 2:
         raise ValueError(f"order must be an integer >= 2, got {order}")

@@ -162,6 +162,8 @@ def mean_interval(x: ArrayLike, level: float = 0.95) -> TInterval:
     Raises:
         ValueError: fewer than two values, a non-finite value (its index is named), a level
             outside (0, 1), or input that is not 1-D.
+
+    Explained in: Chapter 5, Exercises.
     """
     level = _check_level(level)
     v = _as_values(x, "x")
@@ -187,6 +189,8 @@ def paired_difference(a: ArrayLike, b: ArrayLike, level: float = 0.95) -> TInter
     Raises:
         ValueError: mismatched lengths, fewer than two seeds, a non-finite value (its index is
             named), a level outside (0, 1), or input that is not 1-D.
+
+    Explained in: Chapter 5, §5.2 (the main comparison), §5.4, §5.5 and §5.7.
     """
     level = _check_level(level)
     av, bv = _as_values(a, "a"), _as_values(b, "b")

@@ -143,7 +143,10 @@ def vector_figure(theta_deg: float = 120.0, r: float = 1.0, w: float = 0.5, rho:
 
 def vector_widget(theta_deg: float = 120.0, r: float = 1.0, w: float = 0.5, rho: float = 0.5,
                   kappa: float = 1.5, nu: float = 0.2):
-    """Core-ipywidgets sliders for :func:`vector_figure` (angle, magnitude ratio, weight, rho, kappa, nu)."""
+    """Core-ipywidgets sliders for :func:`vector_figure` (angle, magnitude ratio, weight, rho, kappa, nu).
+
+    Explained in: Chapter 4, §4.7 (the picture).
+    """
     import ipywidgets as W
 
     def show(theta_deg, r, w, rho, kappa, nu):
@@ -174,6 +177,8 @@ def vector_sweep(thetas_deg=tuple(range(90, 181, 5)), dpi: int = 70, **fixed):
 
     Returns:
         ``IPython.display.HTML`` with a JavaScript animation.
+
+    Explained in: Chapter 4, §4.7 (the picture).
     """
     from IPython.display import HTML
 
@@ -214,6 +219,8 @@ def plot_dual_objective(pairs: Mapping[str, np.ndarray], rho: float = 0.5, n: in
 
     Returns:
         A matplotlib figure.
+
+    Explained in: Chapter 4, §4.3 (two tasks: a one-dimensional dual).
     """
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     t = np.linspace(0.0, 1.0, n)
@@ -252,6 +259,8 @@ def plot_fusion_conflict(nus: Sequence[float], rhos: Sequence[float], fractions:
 
     Returns:
         A matplotlib figure.
+
+    Explained in: Chapter 4, §4.6 (S3 brings conflict back).
     """
     fig, axes = plt.subplots(1, len(fractions), figsize=(4.4 * len(fractions), 3.5), sharey=True, squeeze=False)
     for ax, (title, frac) in zip(axes[0], fractions.items(), strict=True):
@@ -281,6 +290,8 @@ def plot_kappa_gaps(gaps: Mapping[str, np.ndarray]):
 
     Returns:
         A matplotlib figure.
+
+    Explained in: Chapter 4, §4.5 (S2 and S3: kappa is a global scale).
     """
     fig, ax = plt.subplots(figsize=(6.0, 3.6))
     for label, g in gaps.items():

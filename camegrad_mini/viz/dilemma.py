@@ -79,7 +79,10 @@ def _to_html(fig, draw, values, dpi: int, interval: int):
 # ----------------------------------------------------------------------------------------------
 def plot_energy_ratio_map(n: int = 181):
     """Energy ratio ``|g_joint|^2 / (w_0^2|g_0|^2 + w_1^2|g_1|^2)`` over (conflict angle, weighted
-    magnitude ratio gamma_w), with the drift-deviation boundary ``cos(phi) = -min(gamma_w, 1/gamma_w)``."""
+    magnitude ratio gamma_w), with the drift-deviation boundary ``cos(phi) = -min(gamma_w, 1/gamma_w)``.
+
+    Explained in: Chapter 3, §3.2 (the energy of the joint gradient).
+    """
     phi = np.linspace(0, np.pi, n)
     log_gamma_w = np.linspace(-1.5, 1.5, n)
     T, LR = np.meshgrid(phi, log_gamma_w)
@@ -102,7 +105,10 @@ def plot_energy_ratio_map(n: int = 181):
 
 def plot_diffusion_curves():
     """Two panels: weighted isotropic noise variance against the noise correlation ``c``, and the
-    diffusion trace of gradient-aligned noise against the conflict angle for several ``c``."""
+    diffusion trace of gradient-aligned noise against the conflict angle for several ``c``.
+
+    Explained in: Chapter 3, §3.4 (the diffusion term: the covariance of the weighted noise).
+    """
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.5, 3.6))
     c = np.linspace(-1, 1, 201)
     for w, s1 in ((0.5, 1.0), (0.8, 1.0), (0.8, 0.25)):
@@ -129,7 +135,10 @@ def plot_deviation_region(gamma_values=(1.0, 3.0, 10.0), n: int = 241, mark=None
     """Small multiples over the magnitude ratio ``gamma``: the (angle, weight) region where
     ``<g_joint, g_i> < 0`` for some task, shaded from *direct* inner products on a grid, with the
     closed-form thresholds ``w_lo``, ``w_hi`` drawn on top. ``mark=(phi, w, gamma)`` adds a point
-    to the panel with that ``gamma``."""
+    to the panel with that ``gamma``.
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
+    """
     gamma_values = list(gamma_values)
     phi = np.linspace(0, np.pi, n)
     wgrid = np.linspace(0, 1, n)
@@ -214,7 +223,10 @@ def vector_figure(phi: float = np.radians(120), w: float = 0.8, gamma: float = 1
 
 
 def vector_widget(phi_deg: float = 120.0, w: float = 0.8, gamma: float = 1.0):
-    """Sliders for the conflict angle (degrees), the weight of task 1 and the magnitude ratio."""
+    """Sliders for the conflict angle (degrees), the weight of task 1 and the magnitude ratio.
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
+    """
     import ipywidgets as W
 
     def show(phi_deg, w, gamma):
@@ -231,7 +243,10 @@ def vector_widget(phi_deg: float = 120.0, w: float = 0.8, gamma: float = 1.0):
 
 
 def vector_sweep(phis_deg=tuple(range(90, 181, 5)), w: float = 0.8, gamma: float = 1.0, dpi: int = 70):
-    """Kernel-free form of :func:`vector_widget`: one frame per conflict angle."""
+    """Kernel-free form of :func:`vector_widget`: one frame per conflict angle.
+
+    Explained in: Chapter 3, §3.3 (drift term deviation).
+    """
     vals = _check_frames(phis_deg)
     fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.9))
 
@@ -332,7 +347,10 @@ def angle_figure(phi_deg: float = 120.0, **params):
 
 
 def angle_widget(phi_deg: float = 120.0, **initial):
-    """Sliders: conflict angle, magnitude ratio gamma, weight w and the noises' correlation c."""
+    """Sliders: conflict angle, magnitude ratio gamma, weight w and the noises' correlation c.
+
+    Explained in: Chapter 3, §3.4 (the conflict angle on a slider).
+    """
     import ipywidgets as W
 
     p = {**ANGLE_DEFAULTS, **initial}
@@ -352,7 +370,10 @@ def angle_widget(phi_deg: float = 120.0, **initial):
 
 
 def angle_sweep(phis_deg=tuple(range(0, 181, 20)), dpi: int = 60, **params):
-    """Kernel-free form of :func:`angle_widget`: one frame per conflict angle."""
+    """Kernel-free form of :func:`angle_widget`: one frame per conflict angle.
+
+    Explained in: Chapter 3, §3.4 (the conflict angle on a slider).
+    """
     vals = _check_frames(phis_deg)
     p = {**ANGLE_DEFAULTS, **params}
     fig, axes = _angle_axes()
@@ -375,7 +396,10 @@ def _ellipse(ax, center, cov, n_sd: float = 2.0, **kw) -> None:
 
 def landscape_run(phi0_deg=120.0, w=0.5, sigma=0.5, corr=0.0, lr=0.1, steps=60, condition=1.0,
                   kind="isotropic", n_seeds=32, seed=0):
-    """The problem, weights, noise and :class:`~camegrad_mini.dilemma.LSRun` behind the landscape view."""
+    """The problem, weights, noise and :class:`~camegrad_mini.dilemma.LSRun` behind the landscape view.
+
+    Explained in: Chapter 3, §3.5 (noisy LS on a two-task landscape).
+    """
     prob = dilemma.conflict_pair(np.radians(phi0_deg), condition=condition)
     wts = dilemma.two_task_weights(w)
     noise = dilemma.TaskNoise(sigma=sigma, corr=corr, kind=kind)
@@ -453,7 +477,10 @@ def landscape_figure(**params):
 
 def landscape_widget(**initial):
     """Sliders: start conflict angle, weight, noise scale and correlation, noise kind, problem
-    family (condition number), learning rate and steps."""
+    family (condition number), learning rate and steps.
+
+    Explained in: Chapter 3, §3.5 (noisy LS on a two-task landscape).
+    """
     import ipywidgets as W
 
     p = {**LANDSCAPE_DEFAULTS, **initial}
@@ -480,7 +507,10 @@ def landscape_widget(**initial):
 
 def landscape_sweep(param: str = "corr", values=None, dpi: int = 70, **fixed):
     """Kernel-free form of :func:`landscape_widget`: one frame per value of ``param``
-    (``values`` defaults to ``np.linspace(-1, 1, 11)``)."""
+    (``values`` defaults to ``np.linspace(-1, 1, 11)``).
+
+    Explained in: Chapter 3, §3.5 (noisy LS on a two-task landscape).
+    """
     if param not in LANDSCAPE_DEFAULTS:
         raise ValueError(f"param must be one of {sorted(LANDSCAPE_DEFAULTS)}, got {param!r}")
     if values is None:
@@ -505,7 +535,10 @@ _DEFAULT_WELLS = SharpFlatWells()  # frozen, so one shared default instance is s
 
 @lru_cache(maxsize=64)
 def wells_minima(w: float = 0.5, problem: SharpFlatWells = _DEFAULT_WELLS) -> tuple[np.ndarray, np.ndarray]:
-    """The sharp and the flat local minimum of the LS loss with weights ``(1 - w, w)``."""
+    """The sharp and the flat local minimum of the LS loss with weights ``(1 - w, w)``.
+
+    Explained in: Chapter 3, §3.6 (a sharp minimum that more noise would escape).
+    """
     wts = dilemma.two_task_weights(w)
     s = dilemma.descend(problem, wts, problem.sharp_center, lr=0.01, steps=3000)
     f = dilemma.descend(problem, wts, problem.flat_center, lr=0.01, steps=3000)
@@ -563,7 +596,10 @@ def wells_figure(**params):
 
 
 def wells_widget(**initial):
-    """Sliders: noise scale, cross-task correlation, weight, energy factor kappa, lr and steps."""
+    """Sliders: noise scale, cross-task correlation, weight, energy factor kappa, lr and steps.
+
+    Explained in: Chapter 3, §3.6 (a sharp minimum that more noise would escape).
+    """
     import ipywidgets as W
 
     p = {**WELLS_DEFAULTS, **initial}
@@ -586,7 +622,10 @@ def wells_widget(**initial):
 
 
 def wells_small_multiples(param: str = "corr", values=(-0.8, 0.0, 0.8), dpi: int = 70, **fixed):
-    """Kernel-free form of :func:`wells_widget`: one row per value of ``param``."""
+    """Kernel-free form of :func:`wells_widget`: one row per value of ``param``.
+
+    Explained in: Chapter 3, §3.6 (a sharp minimum that more noise would escape).
+    """
     if param not in WELLS_DEFAULTS:
         raise ValueError(f"param must be one of {sorted(WELLS_DEFAULTS)}, got {param!r}")
     vals = _check_frames(values)
@@ -605,7 +644,10 @@ def plot_escape_counts(corrs, sigmas, counts, n_seeds: int, w: float = 0.5, kapp
                        kappa_corrs=None):
     """Escape counts against the noise correlation (one line per sigma), the same counts against
     the weighted noise's standard deviation (do they collapse onto one curve?), and optionally
-    against the energy factor kappa."""
+    against the energy factor kappa.
+
+    Explained in: Chapter 3, §3.6 (a sharp minimum that more noise would escape).
+    """
     corrs, sigmas, counts = np.asarray(corrs), np.asarray(sigmas), np.asarray(counts)
     if counts.shape != (len(sigmas), len(corrs)):
         raise ValueError(f"counts must have shape (len(sigmas), len(corrs)) = {(len(sigmas), len(corrs))}, "
@@ -645,7 +687,10 @@ KAPPA_STYLES = {"fixed steps": ("k", "o-"), "matched time": ("tab:red", "s-"),
 def plot_kappa_decomposition(kappas, decomposition: dict, n_seeds: int):
     """Escaped fraction against the energy factor kappa for the four settings of
     :func:`~camegrad_mini.dilemma.kappa_escape_decomposition` (left), and where each setting sits
-    in (SDE time, temperature) (right)."""
+    in (SDE time, temperature) (right).
+
+    Explained in: Chapter 3, §3.6 (temperature or time? Taking kappa apart).
+    """
     kappas = np.asarray(kappas, dtype=float)
     fig, (a, b) = plt.subplots(1, 2, figsize=(9.6, 3.6))
     for name, d in decomposition.items():

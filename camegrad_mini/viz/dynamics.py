@@ -60,6 +60,8 @@ def plot_weak_errors(errors: Mapping[str, np.ndarray], t_end: float) -> Figure:
     """Log-log weak error of the mean against ``eta``: the SDE (slope 1) and the SME (slope 2).
 
     ``errors`` is the dict of :func:`camegrad_mini.sde.quadratic_mean_weak_errors`.
+
+    Explained in: Chapter 2, §2.2 (weak order one, and the stochastic modified equation).
     """
     eta = np.asarray(errors["eta"])
     fig, ax = plt.subplots(figsize=(5.2, 3.6), dpi=90)
@@ -87,6 +89,8 @@ def plot_stationary_comparison(sgd_states: np.ndarray, em_states: np.ndarray, S_
 
     Right: histograms of both along the sharpest direction of ``H`` (its top eigenvector ``u``)
     with the two Gaussian densities ``N(0, u^T S u)``. ``*_states`` have shape ``(n_chains, 2)``.
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     sgd_states = np.asarray(sgd_states)
     em_states = np.asarray(em_states)
@@ -132,6 +136,8 @@ def plot_variance_ratio(H, noise_cov, batch_size: int, points: Mapping[float, fl
     In the eigenbasis of ``H`` each direction's ratio is ``1 / (1 - eta lambda_i / 2)``; the
     sharpest direction's ratio is drawn as a dotted line. ``points`` maps ``eta lambda_max`` to
     an empirical trace ratio (from simulations) drawn as markers.
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     H = np.asarray(H, dtype=float)
     lam = np.linalg.eigvalsh(H)
@@ -164,6 +170,8 @@ def plot_double_well(problem, temperature: float | None = None, states: np.ndarr
 
     With ``temperature`` the Gibbs density ``exp(-L/T)/Z`` (the SDE's stationary law) is drawn on
     a second axis, and with ``states`` (final SGD positions) their histogram beside it.
+
+    Explained in: Chapter 2, §2.5 (sharp versus flat minima: escape times).
     """
     cp = problem.critical_points()
     xs = np.linspace(xlim[0], xlim[1], 800)
@@ -205,6 +213,8 @@ def plot_escape_times(curves: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     ``curves[name]`` holds arrays ``inv_T``, ``sim`` and ``sim_err`` (simulation, markers with error
     bars), ``exact`` (the SDE's exact mean first-passage time, solid) and ``kramers`` (dashed).
     On this plot the Arrhenius law ``tau ~ exp(Delta L / T)`` is a straight line of slope ``Delta L``.
+
+    Explained in: Chapter 2, §2.5 (sharp versus flat minima: escape times).
     """
     colors = {"sharp": "tab:red", "flat": "tab:green"}
     fig, ax = plt.subplots(figsize=(6.0, 4.0), dpi=90)
@@ -238,6 +248,8 @@ def plot_stationary_ellipses(H, noise_cov, batch_size: int, eta_lmax: float, lim
 
     Both covariances are divided by ``eta`` (the OU one is proportional to it), so the OU ellipse
     never moves and any change is SGD's discrete-time excess. Used by the chapter's slider.
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     S_sgd, S_ou = _scaled_covs(H, noise_cov, batch_size, eta_lmax)
     if lim is None:
@@ -262,6 +274,8 @@ def covariance_sweep_html(H, noise_cov, batch_size: int, eta_lmax: Sequence[floa
     Each frame draws the 2-sigma ellipses of the discrete (SGD) and continuous (OU) Lyapunov
     covariances, normalized by ``eta`` so the OU ellipse stays fixed and the SGD one visibly
     inflates towards the stability limit. At most 30 frames (the site embeds every frame).
+
+    Explained in: Chapter 2, §2.4 (numerics that check the algebra).
     """
     H = np.asarray(H, dtype=float)
     eta_lmax = list(eta_lmax)

@@ -61,6 +61,8 @@ def figure_legend(fig, axes, *, ncol: int | None = None, fontsize: str | float =
 
     Returns:
         The legend.
+
+    Explained in: Chapter 5, §5.2 (the main comparison) and §5.7 (sensitivity).
     """
     handles: dict[str, object] = {}
     for ax in np.ravel(np.asarray(axes, dtype=object)):
@@ -96,6 +98,8 @@ def plot_bands(curves: Mapping[str, np.ndarray], ax: Axes | None = None, *, ylab
             The x value of a window is its last step.
         title: Optional title.
         legend: Draw a legend in the panel (False: leave it to :func:`figure_legend`).
+
+    Explained in: Chapter 5, §5.2 (the main comparison).
     """
     if not curves:
         raise ValueError("curves must not be empty")
@@ -138,6 +142,8 @@ def plot_endpoints(problem, xs: Mapping[str, np.ndarray], ax: Axes | None = None
         xlim, ylim: Plot window.
         trajectory_seed: Which seed's path to draw.
         legend: Draw a legend in the panel (False: leave it to :func:`figure_legend`).
+
+    Explained in: Chapter 5, §5.2 (the main comparison).
     """
     if not xs:
         raise ValueError("xs must not be empty")
@@ -165,6 +171,8 @@ def plot_positions(positions: Mapping[str, np.ndarray], ax: Axes | None = None, 
         ax: Axes (new figure if None).
         title: Optional title.
         middle: The interval shaded as "the middle of the front".
+
+    Explained in: Chapter 5, §5.3 (where on the front?).
     """
     if not positions:
         raise ValueError("positions must not be empty")
@@ -212,6 +220,8 @@ def plot_sensitivity(values: Sequence[float], curves: Mapping[str, np.ndarray], 
             "SGD (95% t-CI)"). With False the curves are labelled by their key alone ("SGD"), so
             that :func:`figure_legend` can share one legend between an sd panel and a paired
             panel; say what the bars are elsewhere (e.g. in column titles).
+
+    Explained in: Chapter 5, §5.7 (sensitivity to rho, nu and kappa).
     """
     if not curves:
         raise ValueError("curves must not be empty")

@@ -63,6 +63,8 @@ def plot_landscape(problem, ax: Axes | None = None, xlim=(-2.0, 2.0), ylim=(-2.0
 
     Contour levels are quantiles of each loss on the grid, so both tasks get readable rings
     whatever their scale (the ill-conditioned pair spans two orders of magnitude).
+
+    Explained in: Chapter 1, §1.3 (three two-dimensional test problems).
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4.0), dpi=80)
@@ -90,7 +92,10 @@ def plot_landscape(problem, ax: Axes | None = None, xlim=(-2.0, 2.0), ylim=(-2.0
 
 
 def plot_front(problem, ax: Axes | None = None, n: int = 201, **kwargs) -> Axes:
-    """The Pareto front: the image ``(L_0, L_1)`` of the Pareto set in objective space."""
+    """The Pareto front: the image ``(L_0, L_1)`` of the Pareto set in objective space.
+
+    Explained in: Chapter 1, §1.3 (three two-dimensional test problems).
+    """
     if ax is None:
         _, ax = plt.subplots(figsize=(4.0, 3.6), dpi=80)
     F = problem.losses(problem.pareto_set(n))
@@ -228,7 +233,10 @@ class GradientScene:
 
 
 def gradient_figure(problem, x, weights: Sequence[float] = (1.0, 4.0), **kwargs) -> Figure:
-    """A static :class:`GradientScene` at point ``x`` (keyword arguments go to the scene)."""
+    """A static :class:`GradientScene` at point ``x`` (keyword arguments go to the scene).
+
+    Explained in: Chapter 1, §1.4 (gradients, conflict and the cone of common descent).
+    """
     scene = GradientScene(problem, **kwargs)
     scene.update(x, weights)
     scene.fig.tight_layout()
@@ -240,6 +248,8 @@ def plot_conflict_map(cmap: ConflictMap, ax: Axes | None = None, problem=None, c
 
     Red = conflict (negative cosine), blue = agreement. The hatched region is where the fixed
     weights ``cmap.weights`` give a joint step that does not decrease every task.
+
+    Explained in: Chapter 1, §1.5 (where do gradients conflict?).
     """
     if ax is None:
         _, ax = plt.subplots(figsize=(4.2, 4.0), dpi=80)
@@ -270,6 +280,8 @@ def plot_weight_sweep(problem, ts: Sequence[float] | np.ndarray, points, ax_x: A
     ``alpha_1``. ``points[k]`` is the minimiser found for ``ts[k]`` (one row per weight, or
     several rows per weight flattened with ``ts`` repeated). Left: parameter space over the
     landscape; right: objective space over the Pareto front. Colour encodes ``alpha_1``.
+
+    Explained in: Chapter 1, §1.6 (sweeping the scalarization weight).
     """
     ts = np.asarray(ts, dtype=float)
     P = np.asarray(points, dtype=float)
@@ -306,6 +318,8 @@ def plot_scalarization_reach(sweep: ScalarizationSweep, losses, position, marks:
     as the weight ``alpha_1`` on task 1 grows, local ones as small dots, global ones as black
     dots. ``marks`` are positions to flag in both panels (the inflection points, say): dotted
     lines on the right, black crosses on the front, named ``marks_label`` in the legend.
+
+    Explained in: Chapter 1, §1.6 (which points can a weighted sum reach?).
     """
     F = np.asarray(losses, dtype=float)
     pos = np.asarray(position, dtype=float)
@@ -353,6 +367,8 @@ def conflict_widget(problems: Mapping[str, object], x0: Sequence[float] = (0.0, 
     Controls: the problem, the point ``(x_1, x_2)`` and the weight ``w_1`` of task 1 (``w_0 =
     1``; the official trainer uses ``w_1 = 4``). Each change redraws the figure in an ``Output``
     widget. Core ipywidgets only, so it works in JupyterLab, classic Jupyter and Colab.
+
+    Explained in: Chapter 1, §1.7 (explore: gradients, weights and the cone).
     """
     import ipywidgets as widgets
     from IPython.display import display
@@ -398,6 +414,8 @@ def conflict_sweep_html(problem, path, weights: Sequence[float] = (1.0, 4.0), dp
     ``path`` is an ``(n_frames, 2)`` array (keep ``n_frames <= 30`` and ``dpi <= 70`` so the page
     stays small). Frames are JPEG by default: 20 PNG frames of this figure weigh about 1.8 MB,
     as JPEG about 0.75 MB. The figure is closed before returning, so nothing else is displayed.
+
+    Explained in: Chapter 1, §1.7 (explore: gradients, weights and the cone).
     """
     if frame_format not in ("png", "jpeg"):
         raise ValueError(f"frame_format must be 'png' or 'jpeg', got {frame_format!r}")
