@@ -45,7 +45,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from screenshot import CHROMIUM_FLAGS  # noqa: E402  (offline host rules shared with `make screenshot`)
+from screenshot import CHROMIUM_FLAGS, PROBE_HELPERS_JS  # noqa: E402  (shared with `make screenshot`)
 
 PRINT_CSS = ROOT / "book" / "_static" / "print.css"
 # Equations wider than the text (MathJax 3 does not break lines) would make Chromium shrink
@@ -83,21 +83,7 @@ PROBE_QUERY = "pdf-probe"
 PROBE_PATH = "/__pdf_probe"
 PROBE_JS = r"""
 (function () {
-  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-  const local = (u) => !u || /^(data:|blob:|about:|javascript:)/.test(u) ||
-      new URL(u, location.href).host === location.host;
-  function rawTex() {  // as in tools/screenshot.py
-    const bad = [];
-    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-    const skip = "pre,code,script,style,textarea,mjx-container,.highlight,.cell_input";
-    const re = /\\\(|\\\[|\$\$|(^|[^\\$\w])\$[^$\s](?:[^$\n]*?[^\\$\s])?\$(?![\w$])/;
-    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
-      const el = n.parentElement;
-      if (!el || el.closest(skip) || !re.test(n.data)) continue;
-      bad.push(n.data.trim().slice(0, 80));
-    }
-    return bad;
-  }
+""" + PROBE_HELPERS_JS + r"""
   async function run() {
     const r = {};
     for (let i = 0; i < 100 && !(window.MathJax && MathJax.startup && MathJax.startup.promise); i++) await sleep(100);

@@ -39,15 +39,17 @@ CHROMIUM_FLAGS = [
     "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE 127.0.0.1",
 ]
 PROBE_QUERY = "offline-probe"
-PROBE_JS = r"""
-(function () {
+# Helpers both browser probes use (this check and tools/build_pdf.py): wait, tell a local URL from
+# a remote one, and find TeX that MathJax left untypeset outside code (``rawTex(extraSkip)``).
+PROBE_HELPERS_JS = r"""
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const local = (u) => !u || /^(data:|blob:|about:|javascript:)/.test(u) ||
       new URL(u, location.href).host === location.host;
-  function rawTex() {
+  function rawTex(extraSkip) {
     const bad = [];
     const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
-    const skip = "pre,code,script,style,textarea,mjx-container,.highlight,.cell_input,#offline-probe";
+    const skip = "pre,code,script,style,textarea,mjx-container,.highlight,.cell_input" +
+        (extraSkip ? "," + extraSkip : "");
     const re = /\\\(|\\\[|\$\$|(^|[^\\$\w])\$[^$\s](?:[^$\n]*?[^\\$\s])?\$(?![\w$])/;
     for (let n = walker.nextNode(); n; n = walker.nextNode()) {
       const el = n.parentElement;
@@ -56,6 +58,10 @@ PROBE_JS = r"""
     }
     return bad;
   }
+"""
+PROBE_JS = r"""
+(function () {
+""" + PROBE_HELPERS_JS + r"""
   async function run() {
     const r = {};
     // 1. math
@@ -64,7 +70,7 @@ PROBE_JS = r"""
     if (r.mathjax) { try { await MathJax.startup.promise; } catch (e) { r.mathjax_error = String(e); } }
     r.math = document.querySelectorAll("mjx-container").length;
     r.merror = document.querySelectorAll("mjx-merror").length;
-    r.raw_tex = rawTex();
+    r.raw_tex = rawTex("#offline-probe");
     // 2. widgets: the html-manager puts a .widget-subarea before each view script
     const views = [...document.querySelectorAll('script[type="application/vnd.jupyter.widget-view+json"]')];
     const rendered = () => views.filter((v) => {
