@@ -174,6 +174,27 @@ def plot_deviation_region(gamma_values=(1.0, 3.0, 10.0), n: int = 241, mark=None
 # ----------------------------------------------------------------------------------------------
 # 1. the vector picture
 # ----------------------------------------------------------------------------------------------
+def _draw_weighted_pair(ax, G: np.ndarray, wts: np.ndarray, gj: np.ndarray, gamma: float,
+                        hurt: np.ndarray | None = None) -> None:
+    """The two task gradients (faint), their weighted versions and ``g_joint`` from the origin, on
+    equal axes sized for the magnitude ratio ``gamma``; ``hurt[i]`` marks a task the joint step
+    hurts. Used by the vector picture and the angle picture."""
+    lim = 1.15 * max(1.0, gamma)
+    for i in range(2):
+        ax.annotate("", xy=G[i], xytext=(0, 0),
+                    arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.2, alpha=0.5))
+        ax.annotate("", xy=wts[i] * G[i], xytext=(0, 0),
+                    arrowprops=dict(arrowstyle="-|>", color=TASK_COLORS[i], lw=2.2))
+        label = f"$g_{i}$" + (" (hurt)" if hurt is not None and hurt[i] else "")
+        ax.text(*(1.06 * G[i]), label, color=TASK_COLORS[i], fontsize=9)
+    ax.annotate("", xy=gj, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="k", lw=2.5))
+    ax.text(*(gj + 0.05 * lim), r"$g_{joint}$", fontsize=10)
+    ax.set_xlim(-lim, lim)
+    ax.set_ylim(-0.35 * lim, lim)
+    ax.set_aspect("equal")
+    ax.axhline(0, color="grey", lw=0.5)
+
+
 def _draw_vectors(axes, phi: float, w: float, gamma: float) -> None:
     a, b = axes
     a.clear()
@@ -183,18 +204,7 @@ def _draw_vectors(axes, phi: float, w: float, gamma: float) -> None:
     gj = dilemma.joint_gradient(G, wts)
     al = dilemma.task_alignment(G, wts)
     ratio = float(dilemma.energy_ratio(G, wts))
-    lim = 1.15 * max(1.0, gamma)
-    for i in range(2):
-        a.annotate("", xy=G[i], xytext=(0, 0),
-                   arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.2, alpha=0.5))
-        a.annotate("", xy=wts[i] * G[i], xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color=TASK_COLORS[i], lw=2.2))
-        a.text(*(1.06 * G[i]), f"$g_{i}$" + (" (hurt)" if al[i] < 0 else ""), color=TASK_COLORS[i], fontsize=9)
-    a.annotate("", xy=gj, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="k", lw=2.5))
-    a.text(*(gj + 0.05 * lim), r"$g_{joint}$", fontsize=10)
-    a.set_xlim(-lim, lim)
-    a.set_ylim(-0.35 * lim, lim)
-    a.set_aspect("equal")
-    a.axhline(0, color="grey", lw=0.5)
+    _draw_weighted_pair(a, G, wts, gj, gamma, hurt=al < 0)
     a.axvline(0, color="grey", lw=0.5)
     a.set_xlabel("gradient coordinate 1")
     a.set_ylabel("gradient coordinate 2")
@@ -281,19 +291,7 @@ def _draw_angle(axes, phi_deg: float, gamma: float, w: float, corr: float, sigma
     grid = dilemma.angle_diffusion(np.radians(np.linspace(0, 180, 181)), gamma, wts, sigma, corr)
     here = dilemma.angle_diffusion(np.radians(phi_deg), gamma, wts, sigma, corr)
     G, gj = here.grads[0], here.g_joint[0]
-    lim = 1.15 * max(1.0, gamma)
-    for i in range(2):
-        vec.annotate("", xy=G[i], xytext=(0, 0),
-                     arrowprops=dict(arrowstyle="->", color=TASK_COLORS[i], lw=1.0, alpha=0.5))
-        vec.annotate("", xy=wts[i] * G[i], xytext=(0, 0),
-                     arrowprops=dict(arrowstyle="-|>", color=TASK_COLORS[i], lw=2.0))
-        vec.text(*(1.06 * G[i]), f"$g_{i}$", color=TASK_COLORS[i], fontsize=9)
-    vec.annotate("", xy=gj, xytext=(0, 0), arrowprops=dict(arrowstyle="-|>", color="k", lw=2.4))
-    vec.text(*(gj + 0.05 * lim), r"$g_{joint}$", fontsize=9)
-    vec.set_xlim(-lim, lim)
-    vec.set_ylim(-0.3 * lim, lim)
-    vec.set_aspect("equal")
-    vec.axhline(0, color="grey", lw=0.5)
+    _draw_weighted_pair(vec, G, wts, gj, gamma)
     vec.set_xlabel("coordinate 1")
     vec.set_ylabel("coordinate 2")
     vec.set_title(rf"$\varphi$={phi_deg:.0f}°, $\gamma$={gamma:.2f}, w={w:.2f}", fontsize=9)
