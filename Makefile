@@ -7,7 +7,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: assets book pdf test test-min lab refresh screenshot bench clean setup
+.PHONY: assets book book-student edition pdf test test-min lab refresh screenshot bench clean setup
 
 setup: $(STAMP)
 
@@ -30,6 +30,20 @@ book: assets
 	$(BIN)/jupyter-book build . -W -n --keep-going
 	$(BIN)/python tools/vendor_assets.py finalize _build/html
 
+# The student build: the same sources with every solution left out (sphinx-exercise's
+# hide_solutions), into _build/student/_build/html. `make book` is the instructor build.
+book-student: assets
+	@mkdir -p _build
+	$(BIN)/python tools/student_config.py > _build/student_config.yml
+	$(BIN)/jupyter-book build . -W -n --keep-going --config _build/student_config.yml --path-output _build/student
+	$(BIN)/python tools/vendor_assets.py finalize _build/student/_build/html
+	$(BIN)/python tools/student_config.py --verify _build/html _build/student/_build/html
+
+# The reader edition, notebooks/chapters/*.ipynb: what Colab and JupyterLab open. The chapters' MyST
+# (numbered references, exercise blocks, citations) rendered as plain Markdown; see tools/reader_edition.py.
+edition: $(STAMP)
+	$(BIN)/python tools/reader_edition.py
+
 # The whole book as one PDF, _build/pdf/book.pdf: a single-page build in its own folder, printed by
 # headless Chromium (no LaTeX needed); tools/build_pdf.py checks the math and the page count.
 pdf: assets
@@ -49,7 +63,7 @@ test-min:
 	PYTHON=$(PYTHON) bash tools/min_versions.sh
 
 lab: $(STAMP)
-	$(BIN)/jupyter lab chapters/
+	$(BIN)/jupyter lab notebooks/chapters/
 
 # Maintainers: re-execute chapters and store their outputs and widget state (nbclient).
 # make refresh            -> every chapter;   make refresh NB=chapters/01_multitask_conflict.ipynb
@@ -59,6 +73,7 @@ lab: $(STAMP)
 NB ?= chapters/*.ipynb
 refresh: $(STAMP)
 	$(BIN)/python tools/refresh_notebooks.py $(if $(TIMINGS),--timings) $(NB)
+	$(BIN)/python tools/reader_edition.py
 
 # Maintainers: open the built site in headless Chromium and save screenshots under _build/screenshots.
 screenshot:

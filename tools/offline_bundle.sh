@@ -3,7 +3,8 @@
 #   site/          the built book (_build/html; run `make book` first)
 #   wheels/        every wheel needed to install the book's exact environment (pip download -r
 #                  requirements.txt) plus camegrad_mini's own wheel (pip wheel --no-deps .)
-#   chapters/      the notebooks, to run and edit
+#   chapters/      the notebooks to run and edit: the reader edition (notebooks/chapters/, plain
+#                  Markdown that JupyterLab renders), not the MyST sources
 #   data_samples/  the shipped IU X-Ray samples (chapter 6 finds them from chapters/)
 #   results/       the committed results chapter 6 reads (CAMEGRAD_RESULTS points there)
 #   requirements.txt, README.txt (the install commands), SHA256SUMS
@@ -61,7 +62,7 @@ echo "assembling in $TMP"
 # --- the site, the notebooks, the data, the results --------------------------------------------------
 cp -a _build/html "$TMP/site"
 mkdir "$TMP/chapters"
-cp -a chapters/*.ipynb "$TMP/chapters/"
+cp -a notebooks/chapters/*.ipynb "$TMP/chapters/"  # the reader edition
 cp -a data_samples "$TMP/data_samples"
 cp -a results "$TMP/results"
 cp requirements.txt "$TMP/requirements.txt"

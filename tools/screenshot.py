@@ -128,7 +128,7 @@ PROBE_JS = r"""
     const tried = performance.getEntriesByType("resource").map((e) => e.name);
     r.external = [...new Set([...refs, ...tried].filter((u) => !local(u)))];
     r.figures = document.querySelectorAll('img[src*="_images"], img[src^="data:image"]').length;
-    r.colab = !!document.querySelector('a[href*="colab.research.google.com"]');
+    r.colab = !!document.querySelector('a[href*="colab.research.google.com"][href*="/notebooks/chapters/"]');
     return r;
   }
   window.addEventListener("load", () => {
@@ -222,7 +222,7 @@ def check_page(url: str, png: Path, profile: Path) -> list[str]:
     if r["figures"] == 0 and _stored_images(name) > 0:  # a page of pure derivations has none to show
         problems.append(f"no figures (the notebook stores {_stored_images(name)} images)")
     if not r["colab"]:
-        problems.append("no Colab launch button")
+        problems.append("no Colab launch button to the reader edition (notebooks/chapters/)")
     chromium(["--window-size=1280,2400", f"--screenshot={png}", url], profile)
     anims = "; ".join(f"{a['frames']} frames, icons {a['icons_svg'] + a['icons_font']}/{a['buttons']} "
                       f"(svg {a['icons_svg']}, font {a['icons_font']}), next-frame "

@@ -16,9 +16,9 @@ What is measured and what is not:
   estimate per exercise, written into the JSON under "estimate_min" and labelled as an estimate.
   The chapter's own "Time" statement is quoted as the chapter gives it.
 
-Exercises are read from each chapter's "## Exercises" section; a code cell there belongs to the
-exercise whose solution (or statement) precedes it. If a chapter's exercises no longer match GUIDE,
-the script says so and still reports the measured times.
+Exercises are the chapters' sphinx-exercise blocks, keyed by their labels (numbers as the book
+prints them); a code cell belongs to the exercise whose solution (or statement) precedes it. If a
+chapter's exercises no longer match GUIDE, the script says so and still reports the measured times.
 """
 from __future__ import annotations
 
@@ -39,34 +39,35 @@ CHAPTERS = ["01_multitask_conflict", "02_sgd_as_sde", "02b_sde_appendix", "03_do
             "04_came_grad", "05_test_problems", "06_report_generation"]
 OUT_JSON = ROOT / "results" / "workshop_timings.json"
 
-# The guide's estimate of reading and thinking time per exercise, in minutes (NOT measured): a short
-# label and the estimate. Pen-and-paper exercises get more; the chapters' own totals bound each block.
+# The guide's estimate of reading and thinking time per exercise, in minutes (NOT measured), keyed by the
+# exercise's label in the chapter: a short label and the estimate. Pen-and-paper exercises get more; the chapters' own totals bound each block.
 GUIDE = {
-    "01_multitask_conflict": {"1": ("cone and hull, pen and paper", 20),
-                              "2": ("where LS increases the report loss", 25),
-                              "3": ("conditioning and the weight dial", 20),
-                              "4": ("how finely must the weights be swept?", 35)},
-    "02_sgd_as_sde": {"1": ("two readings of 'within 10%' (sympy)", 10),
-                      "2": ("SME correction for x^4/4 (sympy)", 5),
-                      "3": ("Kramers: when does the flat well hold 10x longer?", 10),
-                      "4": ("double eta and B: what changes?", 5)},
-    "02b_sde_appendix": {"A.1": ("Laplace's method on the Gibbs masses", 15)},
-    "03_double_dilemma": {"3.1": ("more than two tasks", 10),
-                          "3.2": ("the official weights (1, 4) at 120 degrees", 10),
-                          "3.3": ("predict an escape threshold", 15),
-                          "3.4": ("when does measured energy hide conflict?", 10),
-                          "3.5": ("how much diffusion does the energy carry?", 10)},
-    "04_came_grad": {"4.1": ("rho -> 0", 10),
-                     "4.2": ("how big must the ball be?", 15),
-                     "4.3": ("when Adam notices kappa", 20),
-                     "4.4": ("the onset of S3's conflict", 15)},
-    "05_test_problems": {"5.1": ("equal weights", 15),
-                         "5.2": ("how much longer is CAME-Grad's step?", 20),
-                         "5.3": ("when can the update vanish?", 10),
-                         "5.4": ("how many seeds?", 15)},
-    "06_report_generation": {"1": ("a third task (alignment head; its solution code is in the text, not timed)", 20),
-                             "2": ("kappa under AdamW", 20),
-                             "3": ("macro-F1 of the floor", 10)},
+    "01_multitask_conflict": {"ex-conflict-cone-hull": ("cone and hull, pen and paper", 20),
+                              "ex-conflict-ls-disk": ("where LS increases the report loss", 25),
+                              "ex-conflict-conditioning": ("conditioning and the weight dial", 20),
+                              "ex-conflict-sweep-resolution": ("how finely must the weights be swept?", 35)},
+    "02_sgd_as_sde": {"ex-sde-ou-within-10": ("two readings of 'within 10%' (sympy)", 10),
+                      "ex-sde-sme-quartic": ("SME correction for x^4/4 (sympy)", 5),
+                      "ex-sde-flat-ten-times": ("Kramers: when does the flat well hold 10x longer?", 10),
+                      "ex-sde-double-eta-b": ("double eta and B: what changes?", 5)},
+    "02b_sde_appendix": {"ex-gibbs-mass-ratio": ("Laplace's method on the Gibbs masses", 15)},
+    "03_double_dilemma": {"ex-dilemma-three-tasks": ("more than two tasks", 10),
+                          "ex-dilemma-official-weights": ("the official weights (1, 4) at 120 degrees", 10),
+                          "ex-dilemma-escape-threshold": ("predict an escape threshold", 15),
+                          "ex-dilemma-hidden-conflict": ("when does measured energy hide conflict?", 10),
+                          "ex-dilemma-diffusion-share": ("how much diffusion does the energy carry?", 10)},
+    "04_came_grad": {"ex-came-rho0": ("rho -> 0", 10),
+                     "ex-came-ball-size": ("how big must the ball be?", 15),
+                     "ex-came-adam-kappa": ("when Adam notices kappa", 20),
+                     "ex-came-s3-onset": ("the onset of S3's conflict", 15)},
+    "05_test_problems": {"ex-problems-equal-weights": ("equal weights", 15),
+                         "ex-problems-step-length": ("how much longer is CAME-Grad's step?", 20),
+                         "ex-problems-vanishing-update": ("when can the update vanish?", 10),
+                         "ex-problems-seeds": ("how many seeds?", 15)},
+    "06_report_generation": {"ex-rrg-third-task": ("a third task (alignment head; its solution code is in the text, "
+                                                   "not timed)", 20),
+                             "ex-rrg-kappa-adamw": ("kappa under AdamW", 20),
+                             "ex-rrg-floor-f1": ("macro-F1 of the floor", 10)},
 }
 
 
@@ -75,45 +76,49 @@ def _source(cell) -> str:
     return "".join(s) if isinstance(s, list) else s
 
 
-def parse_chapter(nb) -> dict:
-    """Title, the chapter's own time statement, and the exercises with their solution cells."""
+def parse_chapter(nb, numbers: dict[str, str] | None = None) -> dict:
+    """Title, the chapter's own time statement, and the exercises with their solution cells.
+
+    Exercises are sphinx-exercise blocks (``:::{exercise}`` with a ``:label:``); a code cell belongs
+    to the exercise whose solution (``solution`` / ``solution-start``) or statement precedes it, until
+    a ``solution-end``. ``numbers`` maps labels to the numbers the book prints ("4.1"), as
+    tools/reader_edition.py computes them; without it the label stands in for the number."""
+    numbers = numbers or {}
     cells = nb["cells"]
     title, time_text = None, None
-    for c in cells:
-        if c["cell_type"] != "markdown":
-            continue
-        src = _source(c)
-        if title is None:
-            m = re.search(r"^# (.+)$", src, re.M)
-            title = m.group(1).strip() if m else None
-        if time_text is None:
-            m = re.search(r"\*\*Time[.:]\*\*\s*(.+?)(?=\n\s*\n|\n\*\*|\n:::|$)", src, re.S)
-            if m:
-                time_text = " ".join(m.group(1).split()).split(" Notation")[0]
-    start = next((i for i, c in enumerate(cells)
-                  if c["cell_type"] == "markdown" and re.search(r"^## Exercises?\b", _source(c), re.M)), None)
     exercises: dict[str, dict] = {}
-    if start is None:
-        return {"title": title, "time_text": time_text, "exercises": exercises}
     current = None
-    for i in range(start, len(cells)):
-        c = cells[i]
+    for i, c in enumerate(cells):
         src = _source(c)
         if c["cell_type"] == "markdown":
-            if i > start and re.search(r"^## ", src, re.M) and not re.search(r"^## Exercises?\b", src, re.M):
-                break  # "Further reading" or another section after the exercises
-            found = re.findall(r"\*\*Exercise ([A-Z]?\.?\d+(?:\.\d+)?)", src)
-            found += [n for n, _ in re.findall(r"^\s*(\d+)\.\s+\*\*(.+?)\*\*", src, re.M)] if not found else []
-            for n in found:
-                exercises.setdefault(n.rstrip("."), {"cells": []})
-            sol = re.search(r":::\{admonition\} Solution ([A-Z]?\.?\d+(?:\.\d+)?)", src)
+            if title is None:
+                m = re.search(r"^# (.+)$", src, re.M)
+                title = m.group(1).strip() if m else None
+            if time_text is None:
+                m = re.search(r"\*\*Time[.:]\*\*\s*(.+?)(?=\n\s*\n|\n\*\*|\n:::|$)", src, re.S)
+                if m:
+                    time_text = " ".join(m.group(1).split()).split(" Notation")[0]
+            if ":::{solution-end}" in src:
+                current = None
+            found = re.findall(r"^:::\{exercise\}.*\n(?::[\w-]+:.*\n)*?:label: (\S+)", src, re.M)
+            for label in found:
+                exercises.setdefault(label, {"number": numbers.get(label, label), "cells": []})
+            sol = re.findall(r"^:::\{solution(?:-start)?\} (\S+)", src, re.M)
             if sol:
-                current = sol.group(1)
+                current = sol[-1]
             elif found:
-                current = found[-1].rstrip(".")
+                current = found[-1]
         elif c["cell_type"] == "code" and current is not None:
-            exercises.setdefault(current, {"cells": []})["cells"].append(i)
+            exercises.setdefault(current, {"number": numbers.get(current, current), "cells": []})["cells"].append(i)
     return {"title": title, "time_text": time_text, "exercises": exercises}
+
+
+def exercise_numbers() -> dict[str, str]:
+    """Label -> the number the book prints, from tools/reader_edition.py's numbering of the book."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import reader_edition
+    book = reader_edition.read_book()
+    return {label: t.number for label, t in book.targets.items() if t.kind == "exercise"}
 
 
 def machine() -> dict:
@@ -151,7 +156,7 @@ def time_chapter(name: str, timeout: int = 900) -> dict:
     path = ROOT / "chapters" / f"{name}.ipynb"
     raw = path.read_bytes()
     nb = nbformat.reads(raw.decode("utf-8"), as_version=4)
-    info = parse_chapter(nb)
+    info = parse_chapter(nb, exercise_numbers())
     cell_s: dict[int, float] = {}
     t0: dict[int, float] = {}
 
@@ -171,12 +176,12 @@ def time_chapter(name: str, timeout: int = 900) -> dict:
     load_after = os.getloadavg()[0]
     guide = GUIDE.get(name, {})
     exercises = []
-    for ex_id, ex in info["exercises"].items():
-        label, est = guide.get(ex_id, (None, None))
-        exercises.append({"id": ex_id, "label": label, "solution_cells": ex["cells"],
+    for ex_label, ex in info["exercises"].items():
+        label, est = guide.get(ex_label, (None, None))
+        exercises.append({"id": ex["number"], "book_label": ex_label, "label": label, "solution_cells": ex["cells"],
                           "solution_compute_s": round(sum(cell_s.get(i, 0.0) for i in ex["cells"]), 2),
                           "estimate_min": est})
-    mismatch = sorted(set(guide) ^ set(info["exercises"]))
+    mismatch = sorted(set(guide) ^ set(info["exercises"]))  # labels
     slowest = sorted(cell_s.items(), key=lambda kv: -kv[1])[:3]
     return {"notebook": f"chapters/{name}.ipynb", "sha256": hashlib.sha256(raw).hexdigest(),
             "title": info["title"], "chapter_time_statement": info["time_text"],
@@ -206,7 +211,7 @@ def markdown(data: dict) -> str:
         for ex in ch["exercises"]:
             comp = fmt_s(ex["solution_compute_s"]) if ex["solution_cells"] else "no solution cell"
             est = f"about {ex['estimate_min']} min" if ex["estimate_min"] else "no estimate"
-            label = GUIDE.get(name, {}).get(ex["id"], (ex["label"],))[0]  # the current wording of the label
+            label = GUIDE.get(name, {}).get(ex.get("book_label", ""), (ex["label"],))[0]  # the guide's current wording
             lines.append(f"| | {ex['id']}: {label or ''} | {comp} | {est} |")
         if ch["exercises_not_in_guide_or_missing"]:
             lines.append(f"| | (exercises changed since the guide was written: "
