@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Assemble an offline bundle for a workshop room without internet:
-#   site/          the built book (_build/html; run `make book` first)
+#   site/          the built book, instructor build (_build/html; run `make book` first)
+#   site-student/  the student build without solutions, when `make book-student` has been run
 #   wheels/        every wheel needed to install the book's exact environment (pip download -r
 #                  requirements.txt) plus camegrad_mini's own wheel (pip wheel --no-deps .)
 #   chapters/      the notebooks to run and edit: the reader edition (notebooks/chapters/, plain
@@ -61,6 +62,7 @@ echo "assembling in $TMP"
 
 # --- the site, the notebooks, the data, the results --------------------------------------------------
 cp -a _build/html "$TMP/site"
+if [ -f _build/student/_build/html/index.html ]; then cp -a _build/student/_build/html "$TMP/site-student"; fi
 mkdir "$TMP/chapters"
 cp -a notebooks/chapters/*.ipynb "$TMP/chapters/"  # the reader edition
 cp -a data_samples "$TMP/data_samples"
@@ -99,6 +101,7 @@ ${SDISTS:+Source archives among the wheels (built offline with the setuptools/wh
 
 1. Read the book: open site/index.html in a browser (MathJax, widgets and icons are bundled),
    or serve it:   python3 -m http.server --directory site 8000   and open http://127.0.0.1:8000
+   (site/ shows the solutions; site-student/, when present, is the same book without them)
 
 2. Install the book's environment (Python $PYV), from this folder:
 
