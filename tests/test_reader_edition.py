@@ -146,9 +146,12 @@ def test_rendering_leaves_plain_markdown(tiny_book):
     assert one.cells[5].metadata["jupyter"] == {"source_hidden": True, "outputs_hidden": True}
     assert text[6] == "**Proposition 1.1 (Easy).** True.\n\n*Proof.* Obvious. $\\square$"
     assert one.cells[7].metadata["jupyter"] == {"source_hidden": True}  # hide-input, not a solution
+    assert one.cells[8].source == ("## References\n\n* [Sener and Koltun, 2018] Ozan Sener, Vladlen Koltun (2018).\n"
+                                   "* [Şimşekli et al., 2019] Umut Şimşekli, Levent Sagun, Mert Gürbüzbalaban (2019).")
     appendix = edition.render_notebook("chapters/one_b", book, tiny_book)
     assert appendix.cells[0].source == "# 1.3 Appendix\n\n## 1.3.1 Part\n\n> **Note**\n>\n> Mind Proposition 1.1."
     two = edition.render_notebook("chapters/two", book, tiny_book)
+    assert not any(c.source.startswith("## References") for c in two.cells)  # cites nothing
     assert "```python\n# not a heading\n```" in two.cells[0].source
     assert "[chapter one](one.ipynb) and Exercise 1.2." in two.cells[0].source
 

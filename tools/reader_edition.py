@@ -11,7 +11,8 @@ This tool renders that markup into plain Markdown that reads everywhere: the sam
 same outputs, the same prose, and the numbers Sphinx gives (sections "4.6", equations "(4.1)",
 figures, exercises, propositions), computed here the way Sphinx computes them from ``_toc.yml``
 (``tests/test_reader_edition.py`` compares them with a built site). Solutions become collapsed
-``<details>`` blocks, and a solution's code cells are collapsed in JupyterLab.
+``<details>`` blocks, and a solution's code cells are collapsed in JupyterLab. Citations read
+"[Li et al., 2017]" as on the site, and each notebook ends with the list of the works it cites.
 
 Never edit the edition by hand; edit ``chapters/`` and run ``make edition`` (``make refresh`` does it).
 """
@@ -65,6 +66,7 @@ class Book:
     heading_numbers: dict[str, list[str]] = field(default_factory=dict)  # per doc, per heading in order
     titles: dict[str, str] = field(default_factory=dict)  # doc -> title of its first heading
     citations: dict[str, str] = field(default_factory=dict)  # bib key -> "Li et al., 2017"
+    references: dict[str, str] = field(default_factory=dict)  # bib key -> the full entry, one line
     repo_url: str = ""
     branch: str = "main"
 
@@ -102,8 +104,13 @@ def _strip_roles(text: str) -> str:
 
 def read_citations(bib_path: Path) -> dict[str, str]:
     """Author-year labels as sphinxcontrib-bibtex's author_year style writes them."""
+    return _read_bib(bib_path)[0]
+
+
+def _read_bib(bib_path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(labels, full entries) per bib key; the full entry is what a notebook's reference list shows."""
     text = bib_path.read_text(encoding="utf-8")
-    out = {}
+    out, full = {}, {}
     for entry in re.finditer(r"@\w+\{(?P<key>[^,\s]+),(?P<body>.*?)\n\}", text, re.S):
         body = entry.group("body")
         authors = _bib_field(body, "author") or _bib_field(body, "editor") or ""
@@ -116,7 +123,36 @@ def read_citations(bib_path: Path) -> dict[str, str]:
         else:
             who = lasts[0] if lasts else "Anon."
         out[entry.group("key")] = f"{who}, {year}"
-    return out
+        full[entry.group("key")] = _full_entry(body, authors, year)
+    return out, full
+
+
+def _full_entry(body: str, authors: str, year: str) -> str:
+    names = [_first_last(a) for a in re.split(r"\s+and\s+", authors) if a.strip()]
+    venue = _bib_field(body, "booktitle") or _bib_field(body, "journal") or _bib_field(body, "publisher") or ""
+    link = _bib_field(body, "doi")
+    href = f"https://doi.org/{link}" if link else _bib_field(body, "url")
+    if not href and (eprint := _bib_field(body, "eprint")):
+        href = f"https://arxiv.org/abs/{eprint}"
+    title = _detex(_bib_field(body, "title") or "")
+    parts = [", ".join(names) + f" ({year}).", f"*{title}*." if title else "", _detex(venue) + "." if venue else ""]
+    text = " ".join(p for p in parts if p)
+    return f"{text} <{href}>" if href else text
+
+
+def _first_last(author: str) -> str:
+    author = _detex(author.strip())
+    if "," in author:
+        last, first = (x.strip() for x in author.split(",", 1))
+        return f"{first} {last}"
+    return author
+
+
+def _detex(text: str) -> str:
+    for tex, char in LATEX_ACCENTS.items():
+        text = text.replace("{" + tex + "}", char).replace(tex, char)
+    text = re.sub(r"\\[a-zA-Z]+\s*", "", text.replace("--", "–"))  # remaining commands (\emph ...) drop
+    return " ".join(text.replace("{", "").replace("}", "").split())
 
 
 def _bib_field(body: str, name: str) -> str | None:
@@ -154,8 +190,9 @@ def read_book(root: Path = ROOT) -> Book:
     toc = yaml.safe_load((root / "_toc.yml").read_text())
     config = yaml.safe_load((root / "_config.yml").read_text())
     repo = config.get("repository", {})
+    citations, references = _read_bib(root / "book" / "references.bib")
     book = Book(docs=[], repo_url=repo.get("url", "").rstrip("/"), branch=repo.get("branch", "main"),
-                citations=read_citations(root / "book" / "references.bib"))
+                citations=citations, references=references)
     chapter_no = 0
     sections_in: dict[str, int] = {}  # chapter doc -> how many level-2 numbers it has used
     counters: dict[tuple[str, str], int] = {}  # (kind, chapter number) -> last number
@@ -451,10 +488,23 @@ def render_notebook(doc: str, book: Book, root: Path = ROOT) -> nbformat.Noteboo
                                                        id=f"{cell.id}-caption"[:64]))
     if headings:
         raise EditionError(f"{doc}: heading count differs from the numbering pass")
+    cited = _cited_keys(src, book)
+    if cited:  # the site links each citation to its reference page; a notebook lists them at its end
+        refs = "\n".join(f"* [{book.citations[k]}] {book.references[k]}" for k in cited)
+        cells.append(nbformat.v4.new_markdown_cell(f"## References\n\n{refs}", id="reader-edition-references"))
     nb.cells = cells
     nb.metadata["reader_edition"] = {"source": f"{doc}.ipynb", "written_by": "tools/reader_edition.py",
                                      "note": "generated; edit the source and run `make edition`"}
     return nb
+
+
+def _cited_keys(src: nbformat.NotebookNode, book: Book) -> list[str]:
+    """The bib keys the chapter cites (prose and figure captions), in the order of their labels."""
+    texts = [c.source for c in src.cells if c.cell_type == "markdown"]
+    texts += [c.metadata.get("mystnb", {}).get("figure", {}).get("caption", "") for c in src.cells]
+    keys = {k.strip() for t in texts for m in ROLE.finditer(t) if m.group("role") == "cite"
+            for k in _split_target(m.group("content"))[1].split(",")}
+    return sorted(keys, key=lambda k: (book.citations[k].lower(), k))
 
 
 def edition_path(doc: str, root: Path = ROOT) -> Path:

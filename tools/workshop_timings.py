@@ -40,7 +40,8 @@ CHAPTERS = ["01_multitask_conflict", "02_sgd_as_sde", "02b_sde_appendix", "03_do
 OUT_JSON = ROOT / "results" / "workshop_timings.json"
 
 # The guide's estimate of reading and thinking time per exercise, in minutes (NOT measured), keyed by the
-# exercise's label in the chapter: a short label and the estimate. Pen-and-paper exercises get more; the chapters' own totals bound each block.
+# exercise's label in the chapter: a short label and the estimate. Pen-and-paper exercises get more;
+# the chapters' own totals bound each block.
 GUIDE = {
     "01_multitask_conflict": {"ex-conflict-cone-hull": ("cone and hull, pen and paper", 20),
                               "ex-conflict-ls-disk": ("where LS increases the report loss", 25),
