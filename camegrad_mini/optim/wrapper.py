@@ -1,28 +1,36 @@
 """``CAMEGrad``: a ``torch.optim``-style wrapper that runs CAME-Grad (or a baseline) around any
 optimizer, and ``StepInfo``, the diagnostics of one step. Usage and recipes are in the class
-docstring of :class:`CAMEGrad`."""
+docstring of :class:`CAMEGrad`.
+
+``CAMEGrad`` itself checks its inputs, delegates to the base optimizer and runs the step; the
+parts live in private modules:
+
+- ``_collect``: the per-task gradients of a step, collected during ``backward()`` (and averaged
+  over the processes under DDP, with ``_ddp``), in the flat buffer of ``_flat`` when one fits;
+- ``_flatpath`` and ``_pertensor``: the step read off the flat buffer, or tensor by tensor;
+- ``_stats``: the Gram matrix and finiteness checks in one host transfer, and the norm clip.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 import warnings
-import weakref
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from . import _ddp, _flatpath, _pertensor, _stats
 from . import functional as F
-from ._flat import Buffers, FlatLayout
+from ._collect import Pending, TaskGradientCollector
+from ._flat import FlatLayout
 from ._pertensor import SharedRule
 from ._stats import Sources
-from ._types import BoolArray, FloatArray
+from ._types import FloatArray
 from .aggregators import CAME, Aggregator, CAGrad, PCGrad, get_aggregator
 from .functional import AggregationResult
 
@@ -102,55 +110,6 @@ class StepInfo:
     def inner_product_01(self) -> float:
         """The raw inner product ``<g_0, g_1>`` on the shared parameters (NaN if T < 2)."""
         return float(self.inner_products[0, 1]) if self.num_tasks >= 2 else float("nan")
-
-
-def _slot_hook(ref: weakref.ref, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
-    """Tensor hook on a parameter during a step (see ``CAMEGrad._start_step``); a weak reference,
-    so that the parameters never keep the optimizer alive."""
-    opt = ref()
-    return None if opt is None or opt._hook_task is None else opt._into_slot(p, g)
-
-
-class _Plan(NamedTuple):
-    """The flat buffer to build at the next step's first backward() (``FlatLayout``'s arguments)."""
-
-    param_ids: tuple[int, ...]
-    reach: BoolArray
-    shared: list[int]
-    multi: list[int]
-    single: list[tuple[int, int]]
-    dtype: torch.dtype
-    device: torch.device
-    hold_last: bool
-
-    def build(self, params: Sequence[torch.Tensor]) -> FlatLayout:
-        return FlatLayout(params, self.reach, self.shared, self.multi, self.single, self.dtype, self.device,
-                          self.hold_last)
-
-
-@dataclass
-class _Pending:
-    """The step in progress, from its first :meth:`CAMEGrad.backward` to :meth:`CAMEGrad.step`.
-
-    Attributes:
-        num_tasks, task_weights, scaled: T, omega and whether a GradScaler scaled the losses.
-        reach: (T, P) bool, task i reached parameter k.
-        layout: The flat buffer this step writes into, or None (per-tensor path).
-        loss_sum: Per-task loss values summed over the backward calls.
-        buffers: The per-task gradients (see :data:`._flat.Buffers`).
-        n_backward: backward() calls completed.
-        overflow: A gradient of this step found no slot in the flat buffer.
-    """
-
-    num_tasks: int
-    task_weights: FloatArray
-    scaled: bool
-    reach: BoolArray
-    layout: FlatLayout | None
-    loss_sum: torch.Tensor
-    buffers: Buffers = field(default_factory=dict)
-    n_backward: int = 0
-    overflow: bool = False
 
 
 def _check_base(base_optimizer: object) -> None:
@@ -365,12 +324,8 @@ class CAMEGrad(torch.optim.Optimizer):
         self._last_info: StepInfo | None = None
         self._distributed = distributed
         self._process_group = process_group
-        # The flat buffer of the per-task gradients (see ``_flat``): the layout in use, and the
-        # plan for the next step's (None: keep; False: drop; a _Plan: build at next backward).
-        self._layout: FlatLayout | None = None
-        self._plan: _Plan | Literal[False] | None = None
-        self._use_flat = True  # False: always the per-tensor path (the tests' reference)
-        self._clear_pending()
+        # the per-task gradients of the step in progress, and the flat buffer that holds them
+        self._collector = TaskGradientCollector(self._shared)
         self._init_step_hooks()
 
     def _init_step_hooks(self) -> None:
@@ -443,19 +398,23 @@ class CAMEGrad(torch.optim.Optimizer):
     def __repr__(self) -> str:
         return f"CAMEGrad({self._aggregator!r}, base={type(self._base).__name__}, shared={self._shared_mode!r})"
 
-    # ---------------------------------------------------------------- gradients
-    def _clear_pending(self) -> None:
-        for handle in getattr(self, "_hook_handles", ()):
-            handle.remove()
-        self._hook_handles: list[Any] = []
-        self._hook_task: int | None = None
-        self._pending: _Pending | None = None
+    # ---------------------------------------------------------------- the collector's flat buffer
+    # (the tests compare the flat path with the per-tensor one through these two)
+    @property
+    def _layout(self) -> FlatLayout | None:
+        """The flat buffer of the per-task gradients in use, or None (per-tensor path)."""
+        return self._collector.layout
 
     @property
-    def _buffers(self) -> Buffers:
-        """The pending per-task gradients (empty between steps)."""
-        return self._pending.buffers if self._pending is not None else {}
+    def _use_flat(self) -> bool:
+        """False: always the per-tensor path (the tests' reference)."""
+        return self._collector.use_flat
 
+    @_use_flat.setter
+    def _use_flat(self, value: bool) -> None:
+        self._collector.use_flat = value
+
+    # ---------------------------------------------------------------- gradients
     def _trainable_params(self) -> list[torch.Tensor]:
         seen: set[int] = set()
         params = []
@@ -482,21 +441,7 @@ class CAMEGrad(torch.optim.Optimizer):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Clear the parameters' ``.grad`` (base optimizer) and any pending per-task gradients."""
         self._base.zero_grad(set_to_none=set_to_none)
-        self._clear_pending()
-
-    def _check_consistent(self, t_count: int, weights: FloatArray, scaled: bool) -> None:
-        """ValueError unless a later backward() of a step matches the earlier ones."""
-        pend = self._pending
-        if pend is None or pend.n_backward == 0:
-            return
-        if t_count != pend.num_tasks:
-            raise ValueError(
-                f"losses has {t_count} entries but earlier backward() calls of this step had {pend.num_tasks}"
-            )
-        if not np.array_equal(weights, pend.task_weights):
-            raise ValueError("task_weights changed between backward() calls of one step")
-        if scaled != pend.scaled:
-            raise ValueError("scaler must be given to every backward() call of a step or to none")
+        self._collector.clear()
 
     def backward(
         self,
@@ -527,153 +472,24 @@ class CAMEGrad(torch.optim.Optimizer):
         loss_list = self._loss_list(losses)
         t_count = len(loss_list)
         weights = F._as_weights(task_weights, t_count)
-        self._check_consistent(t_count, weights, scaler is not None)
+        self._collector.check_consistent(t_count, weights, scaler is not None)
         params = self._trainable_params()
         if not params:
             raise ValueError("base_optimizer has no parameter with requires_grad=True")
         values = torch.stack([loss.detach().reshape(()).float() for loss in loss_list])
-        pend = self._pending
+        pend = self._collector.pending
         if pend is None or pend.n_backward == 0:
             # step() overwrites every .grad (or sets it to None), so the previous step's gradients
             # are dead weight now: releasing them keeps one gradient copy less alive during the
             # per-task backward passes.
             for p in params:
                 p.grad = None
-            pend = self._start_step(params, loss_list, weights, scaler is not None, values)
+            pend = self._collector.begin(params, loss_list, weights, scaler is not None, values, self._world_size)
         else:
             pend.loss_sum = pend.loss_sum + values.to(pend.loss_sum.device)
         if scaler is not None:
             loss_list = [scaler.scale(loss) for loss in loss_list]
-        for i, loss in enumerate(loss_list):
-            if not loss.requires_grad:
-                continue
-            self._hook_task = i  # the slot hooks copy task i's gradients as they are produced
-            try:
-                grads = torch.autograd.grad(
-                    loss, params, retain_graph=retain_graph or i < t_count - 1, allow_unused=True
-                )
-            finally:
-                self._hook_task = None
-            self._store(pend, i, params, grads)
-            del grads  # else task i's fresh gradients stay alive during task i+1's backward pass
-        pend.n_backward += 1
-
-    def _start_step(
-        self, params: list[torch.Tensor], loss_list: list[torch.Tensor], weights: FloatArray, scaled: bool,
-        values: torch.Tensor,
-    ) -> _Pending:
-        """First backward() of a step: build the planned flat buffer, or, with none that fits and
-        outside DDP, one planned from the losses' autograd graphs; use it if it fits."""
-        t_count = len(loss_list)
-        ids = tuple(id(p) for p in params)
-        self._build_planned(params, ids)
-        if not self._fits(ids, t_count) and self._flat_wanted(t_count, 1) and self._world_size() == 1:
-            # Without DDP the reach pattern can be read off the graphs before the backward passes,
-            # so even a wrapper's first step (after a checkpoint load, say) runs the same
-            # arithmetic as every later one. Under DDP the ranks must agree on the buffer's
-            # layout, so it is planned from the reduced pattern of a first step instead.
-            self._plan = self._plan_from_graph(params, ids, loss_list)
-            self._build_planned(params, ids)
-        lay = self._layout if self._fits(ids, t_count) else None
-        self._clear_pending()  # a first backward() that raised may have left hooks behind
-        self._pending = _Pending(t_count, weights, scaled, np.zeros((t_count, len(params)), dtype=bool), lay, values)
-        if lay is not None:
-            # Each parameter's gradient is copied into its slot by a tensor hook the moment the
-            # backward pass produces it and autograd.grad returns the slot itself, so a task's
-            # fresh gradients never all coexist with the buffer (peak memory at the floor's).
-            # The hooks live from the first backward() of a step to its step() (or zero_grad()).
-            ref = weakref.ref(self)
-            self._hook_handles = [p.register_hook(functools.partial(_slot_hook, ref, p)) for p in lay.slots]
-        return self._pending
-
-    def _flat_wanted(self, t_count: int, world: int) -> bool:
-        """Whether to keep the gradients in the flat buffer. Not for two tasks in one process:
-        there the per-tensor path (three dot products per tensor, the combination written in
-        place into task 0's gradients) saves the buffer's copy of each gradient and measured
-        1-3% faster per step; under DDP the buffer is what makes one collective possible."""
-        return self._use_flat and (world > 1 or t_count > 2)
-
-    def _build_planned(self, params: list[torch.Tensor], ids: tuple[int, ...]) -> None:
-        if self._plan is not None:
-            self._layout = None  # release the old buffer before allocating the new one
-            plan, self._plan = self._plan, None
-            if plan is not False and plan.param_ids == ids:
-                self._layout = plan.build(params)
-
-    def _fits(self, ids: tuple[int, ...], t_count: int) -> bool:
-        lay = self._layout
-        return (
-            lay is not None and lay.num_tasks == t_count and lay.param_ids == ids
-            and all(p.dtype == lay.dtype and p.device == lay.storage.device for p in lay.params)
-        )
-
-    def _plan_from_graph(
-        self, params: list[torch.Tensor], ids: tuple[int, ...], loss_list: list[torch.Tensor]
-    ) -> _Plan | Literal[False]:
-        reach = _flatpath.graph_reach(loss_list, params)
-        kinds = {(p.dtype, p.device) for k, p in enumerate(params) if reach[:, k].any()}
-        if len(kinds) != 1 or next(iter(kinds))[0] not in (torch.float32, torch.float64):
-            return False
-        ((dtype, device),) = kinds
-        return _Plan(ids, reach, *_pertensor.split_indices(params, reach, self._shared), dtype, device, False)
-
-    def _into_slot(self, p: torch.Tensor, g: torch.Tensor) -> torch.Tensor | None:
-        """The slot hook's work: copy (or, accumulating, add) ``g`` into its slot; None leaves
-        ``g`` as it is (no slot, or a pending gradient outside the buffer)."""
-        pend, i = self._pending, self._hook_task
-        lay = pend.layout if pend is not None else None
-        held = lay.slot(p, i) if lay is not None and i is not None else None
-        if pend is None or i is None or held is None:
-            return None
-        if g.dtype != held.dtype or g.device != held.device or g.layout != torch.strided:
-            return None
-        gs = pend.buffers.get(p)
-        prev = None if gs is None else gs[i]
-        if prev is None:
-            held.copy_(g)
-        elif prev is held:
-            held.add_(g)
-        else:
-            return None
-        return held
-
-    def _store(self, pend: _Pending, i: int, params: list[torch.Tensor], grads: Sequence[torch.Tensor | None]) -> None:
-        """Add task ``i``'s gradients to the pending ones: into their slot of the flat buffer
-        (one batched copy, or add when accumulating) or, without a slot, kept as returned."""
-        lay = pend.layout
-        copy_dst: list[torch.Tensor] = []
-        copy_src: list[torch.Tensor] = []
-        add_dst: list[torch.Tensor] = []
-        add_src: list[torch.Tensor] = []
-        for k, (p, g) in enumerate(zip(params, grads, strict=True)):
-            if g is None:
-                continue
-            if g.layout != torch.strided:
-                raise ValueError("losses produce a sparse gradient; CAMEGrad needs dense gradients")
-            pend.reach[i, k] = True
-            gs = pend.buffers.get(p)
-            if gs is None:
-                gs = pend.buffers[p] = [None] * pend.num_tasks
-            held = lay.slot(p, i) if lay is not None else None
-            prev = gs[i]
-            if g is held:  # the slot hook already wrote it
-                gs[i] = held
-            elif held is not None and held.dtype == g.dtype and held.device == g.device and (
-                prev is None or prev is held
-            ):
-                (copy_dst if prev is None else add_dst).append(held)
-                (copy_src if prev is None else add_src).append(g)
-                gs[i] = held
-            else:
-                # without a slot: a change of pattern (caught by the reach check too), or a
-                # gradient the layout leaves as returned (see FlatLayout's hold_last); under
-                # DDP everything must be held, to travel in the one collective
-                pend.overflow |= lay is None or lay.hold_all
-                gs[i] = g if prev is None else prev + g
-        if copy_dst:
-            torch._foreach_copy_(copy_dst, copy_src)
-        if add_dst:
-            torch._foreach_add_(add_dst, add_src)
+        self._collector.collect(pend, params, loss_list, retain_graph)
 
     def step(  # type: ignore[override]
         self,
@@ -703,13 +519,11 @@ class CAMEGrad(torch.optim.Optimizer):
         """
         if closure is not None:
             raise ValueError("closure is not supported: pass losses to step() or call backward() first")
-        if closure is not None:
-            raise ValueError("closure is not supported: pass losses to step() or call backward() first")
         if losses is not None:
             self.backward(losses, task_weights, scaler=scaler)
         elif task_weights is not None:
             raise ValueError("task_weights must be given to backward() (or to step() together with losses)")
-        pend = self._pending
+        pend = self._collector.pending
         if pend is None or pend.n_backward == 0:
             raise RuntimeError("step() needs losses or a preceding backward() call")
         if pend.scaled and scaler is None:
@@ -718,54 +532,16 @@ class CAMEGrad(torch.optim.Optimizer):
             with torch.no_grad():
                 info = self._aggregate_and_step(pend, scaler)
         finally:
-            self._clear_pending()
+            self._collector.clear()
         self._last_info = info
         return info
 
-    def _write_skip_signal(self) -> None:
-        """Leave one non-finite ``.grad`` and no other: what a GradScaler reads as "skip this step"."""
-        params = self._trainable_params()
-        for p in params:
-            p.grad = None
-        params[0].grad = torch.full_like(params[0], math.inf)
-
-    # ---------------------------------------------------------------- DDP and the flat buffer
+    # ---------------------------------------------------------------- the step
     def _world_size(self) -> int:
         """Number of processes to average over (1: no collective)."""
         return _ddp.world_size(self._distributed, self._process_group)
 
-    def _synchronise(self, pend: _Pending, params: list[torch.Tensor], world: int) -> bool:
-        """Zero stale slots, average over the processes (DDP) and say whether the flat fast path
-        applies: every gradient of this step sits in the buffer laid out for this reach pattern."""
-        lay = pend.layout
-        if lay is not None:
-            lay.zero_unwritten(pend.buffers)
-        if world > 1:
-            local = _ddp.Reduced(pend.loss_sum, pend.reach, pend.overflow)
-            reduced = _ddp.all_reduce(params, pend.buffers, lay, local, world, self._process_group)
-            pend.loss_sum, pend.reach, pend.overflow = reduced.loss_sum, reduced.reach, reduced.overflow
-        return lay is not None and not pend.overflow and np.array_equal(pend.reach, lay.reach)
-
-    def _plan_layout(self, pend: _Pending, params: list[torch.Tensor], world: int) -> None:
-        """Plan the next step's flat buffer from this step's (reduced) reach pattern: keep the
-        current one if the pattern is unchanged, none for mixed or low-precision gradients.
-        Under DDP it holds the last task's gradients too, so that one collective carries all."""
-        lay, reach = self._layout, pend.reach
-        ids = tuple(id(p) for p in params)
-        hold_last = world > 1
-        if (lay is not None and lay.param_ids == ids and np.array_equal(lay.reach, reach)
-                and (lay.held_rows == lay.num_tasks) == (hold_last or lay.num_tasks == 1)):
-            return
-        kinds = {(g.dtype, g.device) for gs in pend.buffers.values() for g in gs if g is not None}
-        if (not self._flat_wanted(reach.shape[0], world) or len(kinds) != 1
-                or next(iter(kinds))[0] not in (torch.float32, torch.float64)):
-            self._plan = False
-            return
-        ((dtype, device),) = kinds
-        split = _pertensor.split_indices(params, reach, self._shared)
-        self._plan = _Plan(ids, reach.copy(), *split, dtype, device, hold_last)
-
-    def _sources(self, pend: _Pending, fast: bool, params: list[torch.Tensor]) -> Sources:
+    def _sources(self, pend: Pending, fast: bool, params: list[torch.Tensor]) -> Sources:
         """What the step needs from the gradients, from the flat buffer or per tensor."""
         t_count, buffers = pend.num_tasks, pend.buffers
         if fast and pend.layout is not None:
@@ -787,15 +563,13 @@ class CAMEGrad(torch.optim.Optimizer):
             write=lambda c, w: _pertensor.write(buffers, params, parts, c, w),
         )
 
-    # ---------------------------------------------------------------- the step
-    def _aggregate_and_step(self, pend: _Pending, scaler: torch.amp.GradScaler | None) -> StepInfo:
+    def _aggregate_and_step(self, pend: Pending, scaler: torch.amp.GradScaler | None) -> StepInfo:
         """Reduce (DDP), measure, aggregate, write ``.grad`` and step, or skip a non-finite step."""
         weights = pend.task_weights
         self._step_count += 1
         params = self._trainable_params()
         world = self._world_size()
-        fast = self._synchronise(pend, params, world)
-        self._plan_layout(pend, params, world)
+        fast = self._collector.complete(pend, params, world, self._process_group)
         src = self._sources(pend, fast, params)
         gram, losses, ns_norms = _stats.host_stats(src, pend.loss_sum, pend.num_tasks, world)
         grad_scale = float(scaler.get_scale()) if scaler is not None else None
@@ -855,6 +629,13 @@ class CAMEGrad(torch.optim.Optimizer):
             degenerate=None, skipped=True, skip_reason=reason,
         )
 
+    def _write_skip_signal(self) -> None:
+        """Leave one non-finite ``.grad`` and no other: what a GradScaler reads as "skip this step"."""
+        params = self._trainable_params()
+        for p in params:
+            p.grad = None
+        params[0].grad = torch.full_like(params[0], math.inf)
+
     def _finish(self, base_info: dict[str, Any], result: AggregationResult,
                 scaler: torch.amp.GradScaler | None) -> StepInfo:
         grad_norm, clip_coef = None, 1.0
@@ -909,7 +690,7 @@ class CAMEGrad(torch.optim.Optimizer):
         self._step_count = int(own.get("step", 0))
         self.nonfinite = own.get("nonfinite", self.nonfinite)
         self.max_grad_norm = own.get("max_grad_norm", self.max_grad_norm)
-        self._clear_pending()
+        self._collector.clear()
 
 
 #: The official trainer's name for the optimizer (``from ... import CAME_Grad``, method note,
