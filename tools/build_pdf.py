@@ -17,7 +17,8 @@ Usage: python tools/build_pdf.py [--site _build/pdf/_build/singlehtml] [--out _b
   3. checks, and exits non-zero if a check fails: a probe script added to the served copy waits
      until MathJax has typeset the page and every image has loaded, then reports the printed page's
      DOM to the local server (typeset math, no MathJax errors, no raw TeX left outside code, no
-     broken image, nothing fetched from another host, nothing wider than the page); the PDF must exist and have at least
+     broken image, no cell output left folded, nothing fetched from another host, nothing wider than the
+     page); the PDF must exist and have at least
      --min-pages pages and at least two more pages than the book has documents.
 
 Why this route: there is no LaTeX on these machines (so no `--builder pdflatex`), and Jupyter
@@ -81,6 +82,13 @@ FIT_JS = r"""
 FIT_PATH = "/__pdf_fit"
 PROBE_QUERY = "pdf-probe"
 PROBE_PATH = "/__pdf_probe"
+# Outputs that the site folds away (cells tagged hide-output: "Show code cell output") are part of
+# the text on paper: the print copy opens them (print.css hides their toggle). Hidden inputs stay
+# folded: the book prints what a cell shows, not the plotting code behind it.
+OPEN_OUTPUTS_JS = (
+    'document.addEventListener("DOMContentLoaded", () => '
+    'document.querySelectorAll("details.hide.below-input").forEach(d => { d.open = true; }));'
+)
 PROBE_JS = r"""
 (function () {
 """ + PROBE_HELPERS_JS + r"""
@@ -101,6 +109,7 @@ PROBE_JS = r"""
     r.raw_tex = rawTex();
     r.documents = document.querySelectorAll('span[id^="document-"]').length;
     r.title_page = !!document.querySelector(".pdf-title-page");
+    r.folded_outputs = document.querySelectorAll("details.hide.below-input:not([open])").length;
     const refs = [...document.querySelectorAll("script[src],link[href][rel~=stylesheet],img[src],iframe[src]")]
       .map((e) => e.getAttribute("src") || e.getAttribute("href"));
     const tried = performance.getEntriesByType("resource").map((e) => e.name);
@@ -154,7 +163,8 @@ def write_print_copy(site: Path) -> tuple[Path, int]:
     css = PRINT_CSS.read_text(encoding="utf-8").replace("@media print {", "@media print, screen {", 1)
     (site / "_static" / "pdf-print.css").write_text(css, encoding="utf-8")
     text = text.replace("</head>", '<link rel="stylesheet" href="_static/pdf-print.css">\n'
-                        f'<script>{FIT_JS.replace("__FIT_PATH__", FIT_PATH)}</script>\n</head>', 1)
+                        f'<script>{FIT_JS.replace("__FIT_PATH__", FIT_PATH)}</script>\n'
+                        f'<script>{OPEN_OUTPUTS_JS}</script>\n</head>', 1)
     title, author, version = book_meta()
     title_page = (
         '<section class="pdf-title-page" style="display:none">'
@@ -272,6 +282,8 @@ def main() -> int:
             problems.append("no images on the page")
         if r["broken"]:
             problems.append(f"{len(r['broken'])} images did not load, e.g. {r['broken'][0]}")
+        if r.get("folded_outputs"):
+            problems.append(f"{r['folded_outputs']} cell outputs are still folded away (hide-output), so not printed")
         if r["external"]:
             problems.append(f"loads from other hosts: {', '.join(r['external'][:4])}")
         if r["overflow"]:
