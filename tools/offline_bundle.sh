@@ -39,7 +39,7 @@ die() { echo "offline_bundle: $*" >&2; exit 1; }
 mkdir -p "$(dirname "$TARGET")"
 TARGET_ABS="$(cd "$(dirname "$TARGET")" && pwd)/$(basename "$TARGET")"
 case "$TARGET_ABS" in
-  /|"$ROOT"|"$HOME"|"$ROOT"/_build|"$ROOT"/chapters|"$ROOT"/data_samples|"$ROOT"/results)
+  /|"$ROOT"|"$HOME"|"$ROOT"/_build|"$ROOT"/chapters|"$ROOT"/notebooks|"$ROOT"/data_samples|"$ROOT"/results)
     die "refusing to use $TARGET_ABS as the bundle folder: choose a new folder." ;;
 esac
 list_files() { (cd "$1" && find . -mindepth 1 ! -type d ! -name "$MARKER" | LC_ALL=C sort); }
@@ -54,7 +54,9 @@ if [ -e "$TARGET_ABS" ] || [ -L "$TARGET_ABS" ]; then
 fi
 
 TMP="$(mktemp -d "$(dirname "$TARGET_ABS")/.offline_bundle.tmp.XXXXXX")"
-cleanup() { [ -n "${TMP:-}" ] && [ -d "$TMP" ] && rm -rf -- "$TMP"; }   # only the folder made above
+# only the folder made above; an `if` so that the trap itself returns 0 (a false `[ ]` would become
+# the exit status of a successful run)
+cleanup() { if [ -n "${TMP:-}" ] && [ -d "$TMP" ]; then rm -rf -- "$TMP"; fi; }
 trap cleanup EXIT
 
 START=$(date +%s)
@@ -141,4 +143,4 @@ TMP=""
 END=$(date +%s)
 echo "bundle: $TARGET_ABS ($((END - START)) s)"
 for d in . site wheels data_samples results chapters; do du -sh "$TARGET_ABS/$d"; done
-echo "largest wheels:"; (cd "$TARGET_ABS/wheels" && ls -S | head -5 | xargs du -h)
+echo "largest wheels:"; (cd "$TARGET_ABS/wheels" && ls -S | sed -n 1,5p | xargs du -h)  # sed reads all of ls: no SIGPIPE under pipefail
