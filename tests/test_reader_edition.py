@@ -179,3 +179,10 @@ def test_a_label_defined_twice_is_an_error(tiny_book):
     nbformat.write(nb, path)
     with pytest.raises(edition.EditionError, match="defined twice"):
         edition.read_book(tiny_book)
+
+
+def test_latex_it_cannot_render_in_the_bibliography_is_an_error(tiny_book):
+    bib = tiny_book / "book" / "references.bib"
+    bib.write_text(bib.read_text() + "@article{a3,\n  author = {M{\\=u}ller, Anna},\n  year = {2020}\n}\n")
+    with pytest.raises(edition.EditionError, match="LATEX_ACCENTS"):
+        edition.read_book(tiny_book)

@@ -46,7 +46,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from screenshot import CHROMIUM_FLAGS, PROBE_HELPERS_JS  # noqa: E402  (shared with `make screenshot`)
+from screenshot import CHROMIUM_FLAGS, PROBE_HELPERS_JS, ProbeHandler  # noqa: E402  (shared with `make screenshot`)
 
 PRINT_CSS = ROOT / "book" / "_static" / "print.css"
 # Equations wider than the text (MathJax 3 does not break lines) would make Chromium shrink
@@ -187,21 +187,8 @@ def write_print_copy(site: Path) -> tuple[Path, int]:
 
 
 def serve(directory: Path, results: list) -> http.server.ThreadingHTTPServer:
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def do_GET(self):
-            path, _, query = self.path.partition("?")
-            if query != PROBE_QUERY or not path.endswith(".html"):
-                return super().do_GET()
-            body = Path(self.translate_path(path)).read_bytes().replace(
-                b"</body>", b"<script>" + PROBE_JS.encode() + b"</script></body>", 1)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    class Handler(ProbeHandler):
+        probe_js, probe_query = PROBE_JS, PROBE_QUERY
 
         def do_POST(self):
             if self.path not in (PROBE_PATH, FIT_PATH):

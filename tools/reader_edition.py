@@ -149,10 +149,13 @@ def _first_last(author: str) -> str:
 
 
 def _detex(text: str) -> str:
+    """Plain text of a bib field: the accents in LATEX_ACCENTS, "--" as a dash, braces dropped."""
+    out = text
     for tex, char in LATEX_ACCENTS.items():
-        text = text.replace("{" + tex + "}", char).replace(tex, char)
-    text = re.sub(r"\\[a-zA-Z]+\s*", "", text.replace("--", "–"))  # remaining commands (\emph ...) drop
-    return " ".join(text.replace("{", "").replace("}", "").split())
+        out = out.replace("{" + tex + "}", char).replace(tex, char)
+    if "\\" in out:
+        raise EditionError(f"cannot render the LaTeX in {text!r}: add it to LATEX_ACCENTS")
+    return " ".join(out.replace("--", "–").replace("{", "").replace("}", "").split())
 
 
 def _bib_field(body: str, name: str) -> str | None:
@@ -176,13 +179,7 @@ LATEX_ACCENTS = {r"\'e": "é", r"\'E": "É", r'\"u': "ü", r'\"a': "ä", r'\"o':
 
 def _last_name(author: str) -> str:
     author = author.strip()
-    last = author.split(",")[0] if "," in author else author.split()[-1]
-    for tex, char in LATEX_ACCENTS.items():
-        last = last.replace("{" + tex + "}", char).replace(tex, char)
-    last = last.replace("{", "").replace("}", "")
-    if "\\" in last:
-        raise EditionError(f"cannot render the LaTeX in the author name {author!r}: add it to LATEX_ACCENTS")
-    return last
+    return _detex(author.split(",")[0] if "," in author else author.split()[-1])
 
 
 def read_book(root: Path = ROOT) -> Book:

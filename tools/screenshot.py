@@ -143,24 +143,32 @@ PROBE_JS = r"""
 """
 
 
+class ProbeHandler(http.server.SimpleHTTPRequestHandler):
+    """Serves a built site unchanged, except that a page asked for with ``?<probe_query>`` gets
+    ``probe_js`` appended to its body. Shared by this check and tools/build_pdf.py (each sets its probe)."""
+    probe_js = ""
+    probe_query = PROBE_QUERY
+
+    def log_message(self, *args):  # keep the check's output readable
+        pass
+
+    def do_GET(self):
+        path, _, query = self.path.partition("?")
+        if query != self.probe_query or not path.endswith(".html"):
+            return super().do_GET()
+        body = Path(self.translate_path(path)).read_bytes().replace(
+            b"</body>", b"<script>" + self.probe_js.encode() + b"</script></body>", 1)
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html; charset=utf-8")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
 def serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, int]:
     """Serve the built site unchanged; a chapter asked for with ?offline-probe gets the probe."""
-    class Handler(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):  # keep the check's output readable
-            pass
-
-        def do_GET(self):
-            path, _, query = self.path.partition("?")
-            if query != PROBE_QUERY or not path.endswith(".html"):
-                return super().do_GET()
-            page = Path(self.translate_path(path))
-            body = page.read_bytes().replace(
-                b"</body>", b"<script>" + PROBE_JS.encode() + b"</script></body>", 1)
-            self.send_response(200)
-            self.send_header("Content-Type", "text/html; charset=utf-8")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    class Handler(ProbeHandler):
+        probe_js = PROBE_JS
 
     handler = functools.partial(Handler, directory=str(directory))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
